@@ -40,6 +40,13 @@ void craft_inmem_transport_connect_all(craft_transport_t **ts, size_t n);
 /* Cuts both directions between `a` and `b`. */
 void craft_inmem_transport_partition(craft_transport_t *a, craft_transport_t *b);
 
+/* Snapshot stores for tests. The inmem store keeps only the newest snapshot
+ * in memory; the discard store accepts snapshots and throws them away (list
+ * is empty, open fails with CRAFT_ENOTFOUND). Close each with its `close`.
+ * Return 0 or CRAFT_ENOMEM. */
+int craft_inmem_snapshot_store_new(craft_snapshot_store_t **out);
+int craft_discard_snapshot_store_new(craft_snapshot_store_t **out);
+
 #ifdef __cplusplus
 }
 #endif
