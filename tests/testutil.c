@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <ctype.h>
 
 static int64_t now_ms(void)
 {
@@ -54,4 +55,33 @@ void tu_rmrf(const char *path)
     if (system(cmd) != 0) {
         fprintf(stderr, "tu_rmrf: failed to remove %s\n", path);
     }
+}
+
+size_t tu_hex(const char *spec, uint8_t *out, size_t cap)
+{
+    size_t n = 0;
+    const char *p = spec;
+    while (*p != '\0') {
+        if (*p == '"') {
+            for (p++; *p != '\0' && *p != '"'; p++) {
+                if (n == cap) {
+                    abort();
+                }
+                out[n++] = (uint8_t)*p;
+            }
+            if (*p == '"') {
+                p++;
+            }
+        } else if (isxdigit((unsigned char)p[0]) && isxdigit((unsigned char)p[1])) {
+            char h[3] = {p[0], p[1], '\0'};
+            if (n == cap) {
+                abort();
+            }
+            out[n++] = (uint8_t)strtoul(h, NULL, 16);
+            p += 2;
+        } else {
+            p++;
+        }
+    }
+    return n;
 }

@@ -3,6 +3,7 @@
 #define CRAFT_TESTUTIL_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 /* Polls cond(arg) every few ms until it holds or timeout_ms passes.
@@ -16,5 +17,11 @@ void tu_sleep_ms(int64_t ms);
 /* Creates a fresh temporary directory (malloc'd path); tu_rmrf removes it. */
 char *tu_tmpdir(const char *prefix);
 void tu_rmrf(const char *path);
+
+/* Builds bytes from a spec of hex pairs and "quoted ASCII" segments, e.g.
+ * `a7"LastLog"66` (whitespace and other characters are ignored), as WIRE.md
+ * writes its dumps. Aborts when more than `cap` bytes would be written.
+ * Returns the byte count. */
+size_t tu_hex(const char *spec, uint8_t *out, size_t cap);
 
 #endif
