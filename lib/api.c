@@ -1,0 +1,504 @@
+/* craft_new / shutdown / free and the public operations and getters. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lib/codec.h"
+#include "lib/configuration.h"
+#include "lib/raft.h"
+#include "lib/replication.h"
+
+const char *craft_state_name(craft_state_t s)
+{
+    switch (s) {
+    case CRAFT_FOLLOWER:
+        return "Follower";
+    case CRAFT_CANDIDATE:
+        return "Candidate";
+    case CRAFT_LEADER:
+        return "Leader";
+    case CRAFT_SHUTDOWN:
+        return "Shutdown";
+    default:
+        return "Unknown";
+    }
+}
+
+void craft__fail_future(craft_future_t *f, int err)
+{
+    craft__future_complete(f, err);
+}
+
+int64_t craft_now_ns(void)
+{
+    return craft__now_ns();
+}
+
+static bool vtables_ok(craft_fsm_t *fsm, craft_log_store_t *logs, craft_stable_store_t *stable,
+                       craft_transport_t *trans, const char **why)
+{
+    *why = NULL;
+    if (fsm == NULL || (fsm->apply == NULL && fsm->apply_batch == NULL)) {
+        *why = "fsm needs apply or apply_batch";
+    } else if (logs == NULL || logs->first_index == NULL || logs->last_index == NULL ||
+               logs->get_log == NULL || logs->store_logs == NULL ||
+               logs->delete_range == NULL) {
+        *why = "log store is missing required callbacks";
+    } else if (stable == NULL || stable->set == NULL || stable->get == NULL ||
+               stable->set_uint64 == NULL || stable->get_uint64 == NULL) {
+        *why = "stable store is missing required callbacks";
+    } else if (trans == NULL || trans->set_rpc_handler == NULL || trans->local_addr == NULL ||
+               trans->append_entries == NULL || trans->request_vote == NULL) {
+        *why = "transport is missing required callbacks";
+    }
+    return *why == NULL;
+}
+
+/* Loads term, vote, last log and configurations (hashicorp NewRaft). */
+static int load_state(craft_t *r)
+{
+    uint64_t term = 0;
+    int rv = r->stable->get_uint64(r->stable->ctx, CRAFT__KEY_CURRENT_TERM, &term);
+    if (rv != 0 && rv != CRAFT_ENOTFOUND) {
+        CRAFT__ERROR(&r->log, "raft", "failed to load current term: %s", craft_strerror(rv));
+        return rv;
+    }
+    atomic_store(&r->current_term, term);
+    rv = r->stable->get_uint64(r->stable->ctx, CRAFT__KEY_LAST_VOTE_TERM, &r->last_vote_term);
+    if (rv != 0 && rv != CRAFT_ENOTFOUND) {
+        return rv;
+    }
+    void *cand = NULL;
+    size_t cand_len = 0;
+    rv = r->stable->get(r->stable->ctx, CRAFT__KEY_LAST_VOTE_CAND, &cand, &cand_len);
+    if (rv == 0) {
+        r->last_vote_cand = malloc(cand_len + 1);
+        if (r->last_vote_cand == NULL) {
+            free(cand);
+            return CRAFT_ENOMEM;
+        }
+        memcpy(r->last_vote_cand, cand, cand_len);
+        r->last_vote_cand[cand_len] = '\0';
+        free(cand);
+    } else if (rv != CRAFT_ENOTFOUND) {
+        return rv;
+    }
+
+    uint64_t first = 0, last = 0;
+    if ((rv = r->logs->first_index(r->logs->ctx, &first)) != 0 ||
+        (rv = r->logs->last_index(r->logs->ctx, &last)) != 0) {
+        CRAFT__ERROR(&r->log, "raft", "failed to read log indexes: %s", craft_strerror(rv));
+        return rv;
+    }
+    uint64_t commit = 0;
+    if (r->conf.restore_committed_logs) {
+        if (r->logs->get_commit_index != NULL) {
+            rv = r->logs->get_commit_index(r->logs->ctx, &commit);
+            if (rv != 0) {
+                CRAFT__ERROR(&r->log, "raft", "failed to read commit index: %s",
+                             craft_strerror(rv));
+                return rv;
+            }
+        } else {
+            CRAFT__INFO(&r->log, "raft", "log store does not track the commit index: "
+                        "committed entries are applied once a leader is heard");
+        }
+    }
+    if (commit > last) {
+        commit = last;
+    }
+    /* Scan the log for configurations (hashicorp does the same at start). */
+    uint64_t last_term = 0;
+    for (uint64_t i = first; i > 0 && i <= last; i++) {
+        craft_log_t l;
+        memset(&l, 0, sizeof l);
+        rv = r->logs->get_log(r->logs->ctx, i, &l);
+        if (rv != 0) {
+            CRAFT__ERROR(&r->log, "raft", "failed to read log entry: index=%llu error=%s",
+                         (unsigned long long)i, craft_strerror(rv));
+            return rv == CRAFT_ENOTFOUND ? CRAFT_ECORRUPT : rv;
+        }
+        last_term = l.term;
+        if (l.type == CRAFT_LOG_CONFIGURATION) {
+            craft_configuration_t c;
+            rv = craft__configuration_decode(l.data, l.len, &c);
+            if (rv != 0) {
+                CRAFT__ERROR(&r->log, "raft", "corrupt configuration entry: index=%llu", (unsigned long long)i);
+                craft_log_release(&l);
+                return rv;
+            }
+            craft_configuration_free(&r->latest);
+            r->latest = c;
+            r->latest_index = i;
+            if (i <= commit) {
+                craft_configuration_free(&r->committed);
+                rv = craft_configuration_copy(&r->committed, &c);
+                r->committed_index = i;
+                if (rv != 0) {
+                    craft_log_release(&l);
+                    return rv;
+                }
+            }
+        }
+        craft_log_release(&l);
+    }
+    craft__set_last_log(r, last, last_term);
+    craft__publish_configuration(r);
+    atomic_store(&r->commit_index, 0);
+    r->fsm_dispatched = 0;
+    if (commit > 0) {
+        CRAFT__INFO(&r->log, "raft", "replaying committed logs: commit=%llu",
+                    (unsigned long long)commit);
+        craft__commit_to(r, commit, NULL);
+    }
+    return 0;
+}
+
+static void free_node(craft_t *r)
+{
+    craft_configuration_free(&r->latest);
+    craft_configuration_free(&r->committed);
+    craft_configuration_free(&r->latest_copy);
+    craft__window_destroy(&r->window);
+    craft__mailbox_destroy(&r->run_mb);
+    craft__mailbox_destroy(&r->fsm_mb);
+    craft__mutex_destroy(&r->mu);
+    craft__mutex_destroy(&r->shutdown_mu);
+    free(r->leader_id);
+    free(r->leader_addr);
+    free(r->last_vote_cand);
+    free(r->local_id);
+    free(r->local_addr);
+    free(r);
+}
+
+int craft_new(craft_t **out, const craft_config_t *config, craft_fsm_t *fsm,
+              craft_log_store_t *logs, craft_stable_store_t *stable,
+              craft_snapshot_store_t *snaps, craft_transport_t *trans)
+{
+    if (out == NULL) {
+        return CRAFT_EINVAL;
+    }
+    *out = NULL;
+    int rv = craft_config_validate(config, NULL);
+    if (rv != 0) {
+        return rv;
+    }
+    const char *why;
+    if (!vtables_ok(fsm, logs, stable, trans, &why)) {
+        craft__logger_t l;
+        craft__logger_init(&l, config, config->local_id);
+        CRAFT__ERROR(&l, "raft", "invalid argument: %s", why);
+        return CRAFT_EINVAL;
+    }
+    craft_t *r = calloc(1, sizeof *r);
+    if (r == NULL) {
+        return CRAFT_ENOMEM;
+    }
+    r->conf = *config;
+    r->local_id = strdup(config->local_id);
+    const char *addr = trans->local_addr(trans->ctx);
+    r->local_addr = strdup(addr != NULL ? addr : "");
+    r->conf.local_id = r->local_id;
+    craft__logger_init(&r->log, &r->conf, r->local_id);
+    r->fsm = fsm;
+    r->logs = logs;
+    r->stable = stable;
+    r->snaps = snaps;
+    r->trans = trans;
+    craft__mutex_init(&r->mu);
+    craft__mutex_init(&r->shutdown_mu);
+    craft__mailbox_init(&r->run_mb);
+    craft__mailbox_init(&r->fsm_mb);
+    craft__window_init(&r->window);
+    craft__queue_init(&r->vote_threads);
+    craft__queue_init(&r->shutdown_futures);
+    atomic_init(&r->state, CRAFT_FOLLOWER);
+    r->commit_msg.type = CRAFT__RUN_COMMIT;
+    r->step_down_msg.type = CRAFT__RUN_STEP_DOWN;
+    r->verify_ack_msg.type = CRAFT__RUN_VERIFY_ACK;
+    r->shutdown_msg.type = CRAFT__RUN_SHUTDOWN;
+    if (r->local_id == NULL || r->local_addr == NULL) {
+        rv = CRAFT_ENOMEM;
+        goto err_after_alloc;
+    }
+    rv = load_state(r);
+    if (rv != 0) {
+        goto err_after_alloc;
+    }
+    if (craft__thread_start(&r->fsm_thread, "craft-fsm", craft__fsm_main, r) != 0) {
+        rv = CRAFT_ENOMEM;
+        goto err_after_alloc;
+    }
+    if (craft__thread_start(&r->run_thread, "craft-run", craft__run_main, r) != 0) {
+        craft__mailbox_close(&r->fsm_mb);
+        craft__thread_join(&r->fsm_thread);
+        rv = CRAFT_ENOMEM;
+        goto err_after_alloc;
+    }
+    r->threads_started = true;
+    trans->set_rpc_handler(trans->ctx, craft__rpc_handler, r);
+    if (trans->set_heartbeat_handler != NULL) {
+        trans->set_heartbeat_handler(trans->ctx, craft__heartbeat_handler, r);
+    }
+    CRAFT__INFO(&r->log, "raft", "initial configuration: index=%llu servers=%zu "
+                "last-index=%llu term=%llu",
+                (unsigned long long)r->latest_index, r->latest.n,
+                (unsigned long long)atomic_load(&r->last_log_index),
+                (unsigned long long)atomic_load(&r->current_term));
+    *out = r;
+    return 0;
+
+err_after_alloc:
+    /* fsm commits queued by load_state are dropped with the mailbox. */
+    {
+        craft__msg_t *m;
+        craft__mailbox_close(&r->fsm_mb);
+        while ((m = craft__mailbox_wait(&r->fsm_mb, 0)) != NULL) {
+            free(m);
+        }
+    }
+    free_node(r);
+    return rv;
+}
+
+craft_future_t *craft_shutdown(craft_t *r)
+{
+    if (r == NULL) {
+        return craft__future_failed(CRAFT_EINVAL);
+    }
+    craft_future_t *f = craft__future_new(CRAFT__FUT_SHUTDOWN);
+    if (f == NULL) {
+        return NULL;
+    }
+    bool first = !atomic_exchange(&r->shutting_down, true);
+    if (first) {
+        CRAFT__INFO(&r->log, "raft", "shutting down");
+        craft__mailbox_post(&r->run_mb, &r->shutdown_msg);
+    }
+    craft__mutex_lock(&r->shutdown_mu);
+    bool finished = r->finished;
+    if (!finished) {
+        craft__queue_push(&r->shutdown_futures, &f->link);
+    }
+    craft__mutex_unlock(&r->shutdown_mu);
+    if (finished) {
+        craft__future_complete(f, 0);
+    }
+    return f;
+}
+
+void craft_free(craft_t *r)
+{
+    if (r == NULL) {
+        return;
+    }
+    craft_future_t *f = craft_shutdown(r);
+    if (f != NULL) {
+        craft_future_wait(f);
+        craft_future_free(f);
+    }
+    if (r->threads_started) {
+        craft__thread_join(&r->run_thread);
+    }
+    free_node(r);
+}
+
+/* Queues a log future to the run thread. */
+static craft_future_t *submit(craft_t *r, craft__future_kind_t kind, int type,
+                              craft__entry_t *entry, int64_t timeout_ms)
+{
+    craft_future_t *f = craft__future_new(kind);
+    if (f == NULL) {
+        craft__entry_unref(entry);
+        return NULL;
+    }
+    f->msg.type = type;
+    f->entry = entry;
+    if (timeout_ms > 0) {
+        f->deadline_ns = f->enqueued_ns + CRAFT__MS(timeout_ms);
+    }
+    if (atomic_load(&r->shutting_down)) {
+        craft__future_complete(f, CRAFT_ESHUTDOWN);
+    } else if (atomic_load(&r->state) != CRAFT_LEADER) {
+        craft__future_complete(f, CRAFT_ENOTLEADER);
+    } else if (craft__mailbox_post(&r->run_mb, &f->msg) != 0) {
+        craft__future_complete(f, CRAFT_ESHUTDOWN);
+    }
+    return f;
+}
+
+craft_future_t *craft_apply_ext(craft_t *r, const void *data, size_t len, const void *ext,
+                                size_t ext_len, int64_t timeout_ms)
+{
+    if (r == NULL || (data == NULL && len > 0) || (ext == NULL && ext_len > 0)) {
+        return craft__future_failed(CRAFT_EINVAL);
+    }
+    craft__entry_t *e = craft__entry_new(CRAFT_LOG_COMMAND, data, len, ext, ext_len);
+    if (e == NULL) {
+        return craft__future_failed(CRAFT_ENOMEM);
+    }
+    return submit(r, CRAFT__FUT_APPLY, CRAFT__RUN_APPLY, e, timeout_ms);
+}
+
+craft_future_t *craft_apply(craft_t *r, const void *data, size_t len, int64_t timeout_ms)
+{
+    return craft_apply_ext(r, data, len, NULL, 0, timeout_ms);
+}
+
+craft_future_t *craft_barrier(craft_t *r, int64_t timeout_ms)
+{
+    if (r == NULL) {
+        return craft__future_failed(CRAFT_EINVAL);
+    }
+    craft__entry_t *e = craft__entry_new(CRAFT_LOG_BARRIER, NULL, 0, NULL, 0);
+    if (e == NULL) {
+        return craft__future_failed(CRAFT_ENOMEM);
+    }
+    return submit(r, CRAFT__FUT_APPLY, CRAFT__RUN_APPLY, e, timeout_ms);
+}
+
+craft_future_t *craft_verify_leader(craft_t *r)
+{
+    if (r == NULL) {
+        return craft__future_failed(CRAFT_EINVAL);
+    }
+    return submit(r, CRAFT__FUT_VERIFY, CRAFT__RUN_VERIFY, NULL, 0);
+}
+
+craft_future_t *craft_get_configuration(craft_t *r)
+{
+    if (r == NULL) {
+        return craft__future_failed(CRAFT_EINVAL);
+    }
+    craft_future_t *f = craft__future_new(CRAFT__FUT_CONFIG);
+    if (f == NULL) {
+        return NULL;
+    }
+    craft__mutex_lock(&r->mu);
+    int rv = craft_configuration_copy(&f->configuration, &r->latest_copy);
+    f->index = r->latest_copy_index;
+    craft__mutex_unlock(&r->mu);
+    f->has_configuration = rv == 0;
+    craft__future_complete(f, rv);
+    return f;
+}
+
+craft_state_t craft_state(craft_t *r)
+{
+    return r != NULL ? (craft_state_t)atomic_load(&r->state) : CRAFT_SHUTDOWN;
+}
+
+int craft_leader(craft_t *r, char **id, char **address)
+{
+    if (id != NULL) {
+        *id = NULL;
+    }
+    if (address != NULL) {
+        *address = NULL;
+    }
+    if (r == NULL) {
+        return CRAFT_EINVAL;
+    }
+    int rv = CRAFT_ENOTFOUND;
+    craft__mutex_lock(&r->mu);
+    if (r->leader_addr != NULL) {
+        rv = 0;
+        if (id != NULL && r->leader_id != NULL) {
+            *id = strdup(r->leader_id);
+        }
+        if (address != NULL) {
+            *address = strdup(r->leader_addr);
+            if (*address == NULL) {
+                rv = CRAFT_ENOMEM;
+            }
+        }
+    }
+    craft__mutex_unlock(&r->mu);
+    return rv;
+}
+
+int64_t craft_last_contact_ns(craft_t *r)
+{
+    return r != NULL ? atomic_load(&r->last_contact_ns) : 0;
+}
+
+uint64_t craft_last_index(craft_t *r)
+{
+    if (r == NULL) {
+        return 0;
+    }
+    uint64_t l = atomic_load(&r->last_log_index);
+    uint64_t s = atomic_load(&r->last_snapshot_index);
+    return l > s ? l : s;
+}
+
+uint64_t craft_commit_index(craft_t *r)
+{
+    return r != NULL ? atomic_load(&r->commit_index) : 0;
+}
+
+uint64_t craft_applied_index(craft_t *r)
+{
+    return r != NULL ? atomic_load(&r->applied_index) : 0;
+}
+
+uint64_t craft_current_term(craft_t *r)
+{
+    return r != NULL ? atomic_load(&r->current_term) : 0;
+}
+
+void craft_stats(craft_t *r, craft_stats_t *out)
+{
+    if (out == NULL) {
+        return;
+    }
+    memset(out, 0, sizeof *out);
+    if (r == NULL) {
+        return;
+    }
+    out->state = craft_state(r);
+    out->term = atomic_load(&r->current_term);
+    out->last_log_index = atomic_load(&r->last_log_index);
+    out->last_log_term = atomic_load(&r->last_log_term);
+    out->commit_index = atomic_load(&r->commit_index);
+    out->applied_index = atomic_load(&r->applied_index);
+    out->fsm_pending =
+        out->commit_index > out->applied_index ? out->commit_index - out->applied_index : 0;
+    out->last_snapshot_index = atomic_load(&r->last_snapshot_index);
+    out->last_snapshot_term = atomic_load(&r->last_snapshot_term);
+    out->last_contact_ns = atomic_load(&r->last_contact_ns);
+    craft__mutex_lock(&r->mu);
+    out->latest_configuration_index = r->latest_copy_index;
+    for (size_t i = 0; i < r->latest_copy.n; i++) {
+        if (strcmp(r->latest_copy.servers[i].id, r->local_id) != 0) {
+            out->num_peers++;
+        }
+    }
+    for (size_t i = 0; i < r->leader.n_repls && i < CRAFT_STATS_MAX_PEERS; i++) {
+        craft__repl_t *p = r->leader.repls[i];
+        craft_peer_stats_t *ps = &out->peers[out->n_peers++];
+        snprintf(ps->id, sizeof ps->id, "%s", p->id);
+        ps->voter = atomic_load(&p->voter);
+        ps->match_index = atomic_load(&p->match_index);
+        ps->next_index = atomic_load(&p->next_index);
+        ps->last_contact_ns = atomic_load(&p->last_contact_ns);
+        ps->rtt_us_last = atomic_load(&p->st_rtt_us);
+        ps->append_rpcs = atomic_load(&p->st_rpcs);
+        ps->append_failures = atomic_load(&p->st_failures);
+        ps->pipelining = atomic_load(&p->pipelining);
+    }
+    craft__mutex_unlock(&r->mu);
+    out->applies = atomic_load(&r->st_applies);
+    out->commits = atomic_load(&r->st_commits);
+    out->elections = atomic_load(&r->st_elections);
+    out->prevotes = atomic_load(&r->st_prevotes);
+    out->fsm_applied = atomic_load(&r->st_fsm_applied);
+    out->rpcs_received = atomic_load(&r->st_rpcs);
+    out->commit_time_us_sum = atomic_load(&r->st_commit_us);
+    out->commit_time_count = atomic_load(&r->st_commit_n);
+    out->fsm_apply_time_us_sum = atomic_load(&r->st_fsm_us);
+    out->fsm_apply_batches = atomic_load(&r->st_fsm_batches);
+    out->store_time_us_sum = atomic_load(&r->st_store_us);
+    out->store_calls = atomic_load(&r->st_store_n);
+}

@@ -1,0 +1,166 @@
+/*
+ * The fsm thread (hashicorp fsm.go runFSM): the only caller of the FSM at
+ * run time. Applies committed entries in order, in batches of up to
+ * max_append_entries, and completes the futures waiting on them with the
+ * FSM's responses.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "lib/raft.h"
+
+typedef struct fsm_state {
+    craft_t *r;
+    uint64_t applied;
+    bool failed; /* an entry could not be read: stop applying (never skip) */
+    craft__entry_t **ents;
+    craft_log_t *cmds;
+    void **responses;
+    uint64_t *cmd_index;
+} fsm_state_t;
+
+/* Completes futures at the head of `futures` with index <= upto. Those with
+ * index == an applied command get its response. */
+static void complete_upto(fsm_state_t *s, craft__queue_t *futures, uint64_t upto,
+                          size_t ncmd)
+{
+    size_t k = 0;
+    while (!craft__queue_empty(futures)) {
+        craft__queue_t *e = craft__queue_head(futures);
+        craft_future_t *f = CRAFT__QUEUE_DATA(e, craft_future_t, link);
+        if (f->index > upto) {
+            break;
+        }
+        craft__queue_remove(e);
+        while (k < ncmd && s->cmd_index[k] < f->index) {
+            k++;
+        }
+        if (k < ncmd && s->cmd_index[k] == f->index) {
+            f->response = s->responses[k];
+            f->fsm = s->r->fsm;
+            s->responses[k] = NULL;
+        }
+        craft__future_complete(f, 0);
+    }
+}
+
+static void apply_batch(fsm_state_t *s, size_t n, craft__queue_t *futures)
+{
+    craft_t *r = s->r;
+    craft_fsm_t *fsm = r->fsm;
+    size_t ncmd = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s->ents[i]->log.type == CRAFT_LOG_COMMAND) {
+            s->cmds[ncmd] = s->ents[i]->log;
+            s->cmd_index[ncmd] = s->ents[i]->log.index;
+            s->responses[ncmd] = NULL;
+            ncmd++;
+        }
+    }
+    if (ncmd > 0) {
+        int64_t t0 = craft__now_ns();
+        if (fsm->apply_batch != NULL) {
+            fsm->apply_batch(fsm->ctx, s->cmds, ncmd, s->responses);
+        } else {
+            for (size_t i = 0; i < ncmd; i++) {
+                s->responses[i] = fsm->apply(fsm->ctx, &s->cmds[i]);
+            }
+        }
+        atomic_fetch_add(&r->st_fsm_us, (uint64_t)(craft__now_ns() - t0) / 1000);
+        atomic_fetch_add(&r->st_fsm_batches, 1);
+        atomic_fetch_add(&r->st_fsm_applied, ncmd);
+    }
+    uint64_t last = s->ents[n - 1]->log.index;
+    s->applied = last;
+    atomic_store(&r->applied_index, last);
+    complete_upto(s, futures, last, ncmd);
+    /* Responses nobody waits for. */
+    for (size_t i = 0; i < ncmd; i++) {
+        if (s->responses[i] != NULL && fsm->release_response != NULL) {
+            fsm->release_response(fsm->ctx, s->responses[i]);
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        craft__entry_unref(s->ents[i]);
+    }
+}
+
+static void fail_all(craft__queue_t *futures, int err)
+{
+    while (!craft__queue_empty(futures)) {
+        craft__queue_t *e = craft__queue_head(futures);
+        craft__queue_remove(e);
+        craft__fail_future(CRAFT__QUEUE_DATA(e, craft_future_t, link), err);
+    }
+}
+
+static void apply_upto(fsm_state_t *s, uint64_t upto, craft__queue_t *futures)
+{
+    craft_t *r = s->r;
+    size_t max = (size_t)r->conf.max_append_entries;
+    while (s->applied < upto && !s->failed) {
+        uint64_t lo = s->applied + 1;
+        size_t want = (size_t)(upto - s->applied) < max ? (size_t)(upto - s->applied) : max;
+        size_t n = craft__window_get_range(&r->window, lo, want, s->ents);
+        for (; n < want; n++) {
+            int rv = craft__entry_at(r, lo + n, &s->ents[n]);
+            if (rv != 0) {
+                CRAFT__ERROR(&r->log, "fsm", "failed to get log: index=%llu error=%s",
+                             (unsigned long long)(lo + n), craft_strerror(rv));
+                s->failed = true;
+                break;
+            }
+        }
+        if (n > 0) {
+            apply_batch(s, n, futures);
+        }
+    }
+    if (s->failed) {
+        fail_all(futures, CRAFT_EIO);
+        return;
+    }
+    /* Futures at or below what is applied (e.g. entries applied earlier). */
+    complete_upto(s, futures, s->applied, 0);
+}
+
+void *craft__fsm_main(void *arg)
+{
+    craft_t *r = arg;
+    craft__set_craft_thread(r);
+    size_t max = (size_t)r->conf.max_append_entries;
+    fsm_state_t s = {
+        .r = r,
+        .applied = atomic_load(&r->applied_index),
+        .ents = malloc(max * sizeof(craft__entry_t *)),
+        .cmds = malloc(max * sizeof(craft_log_t)),
+        .responses = malloc(max * sizeof(void *)),
+        .cmd_index = malloc(max * sizeof(uint64_t)),
+    };
+    if (s.ents == NULL || s.cmds == NULL || s.responses == NULL || s.cmd_index == NULL) {
+        CRAFT__ERROR(&r->log, "fsm", "out of memory starting the fsm thread");
+        s.failed = true;
+    }
+    bool closing = false;
+    for (;;) {
+        craft__msg_t *m = craft__mailbox_wait(&r->fsm_mb, -1);
+        if (m == NULL) {
+            break; /* closed and drained */
+        }
+        craft__fsm_commit_t *c = (craft__fsm_commit_t *)m;
+        /* Once the run thread closed the mailbox, stop applying. */
+        craft__mutex_lock(&r->fsm_mb.mu);
+        closing = r->fsm_mb.closed;
+        craft__mutex_unlock(&r->fsm_mb.mu);
+        if (closing || s.failed) {
+            fail_all(&c->futures, s.failed ? CRAFT_EIO : CRAFT_ESHUTDOWN);
+        } else {
+            apply_upto(&s, c->index, &c->futures);
+        }
+        free(c);
+    }
+    free(s.ents);
+    free(s.cmds);
+    free(s.responses);
+    free(s.cmd_index);
+    return NULL;
+}

@@ -1,0 +1,52 @@
+/*
+ * Futures: completed exactly once, freed when both the caller (through
+ * craft_future_free) and craft (through completion) have let go.
+ */
+#ifndef CRAFT_LIB_FUTURE_H
+#define CRAFT_LIB_FUTURE_H
+
+#include "craft.h"
+#include "lib/entry.h"
+#include "lib/mailbox.h"
+
+typedef enum {
+    CRAFT__FUT_GENERIC = 0,
+    CRAFT__FUT_APPLY,    /* command / barrier / noop: has `entry` */
+    CRAFT__FUT_VERIFY,
+    CRAFT__FUT_CONFIG,   /* get configuration */
+    CRAFT__FUT_SHUTDOWN
+} craft__future_kind_t;
+
+struct craft_future {
+    craft__msg_t msg;    /* lets the future itself travel through a mailbox */
+    craft__queue_t link; /* position in the owner thread's queue */
+    craft__mutex_t mu;
+    craft__cond_t cond;
+    int refs;
+    bool done;
+    int err;
+    craft__future_kind_t kind;
+    uint64_t index;
+    void *response;
+    craft_fsm_t *fsm; /* for release_response */
+    craft_configuration_t configuration;
+    bool has_configuration;
+    void (*cb)(craft_future_t *f, void *arg);
+    void *cb_arg;
+    /* Operation payload, owned by craft while pending. */
+    craft__entry_t *entry;
+    int64_t enqueued_ns;  /* when the caller made the request */
+    int64_t deadline_ns;  /* enqueue deadline; 0 = none */
+    uint64_t epoch;       /* verify: heartbeat epoch it waits for */
+};
+
+/* New pending future with two references (caller + craft). NULL on ENOMEM. */
+craft_future_t *craft__future_new(craft__future_kind_t kind);
+/* Completes (first call only; later calls are ignored and return false) and
+ * drops craft's reference. Runs the on_done callback. */
+bool craft__future_complete(craft_future_t *f, int err);
+/* A future that has already failed with `err` (still owned by the caller).
+ * NULL on ENOMEM. */
+craft_future_t *craft__future_failed(int err);
+
+#endif

@@ -1,0 +1,242 @@
+/*
+ * The node's internal state, shared by the core's files. Ownership:
+ *  - fields under "run" belong to the run thread alone;
+ *  - fields under "shared" are atomics or guarded by `mu` and readable from
+ *    any thread; term and role change only on the run thread, under `mu`
+ *    (hashicorp #695: never off the run thread);
+ *  - the fsm thread owns the FSM and `fsm_*` fields.
+ */
+#ifndef CRAFT_LIB_RAFT_H
+#define CRAFT_LIB_RAFT_H
+
+#include <stdatomic.h>
+
+#include "craft.h"
+#include "lib/commitment.h"
+#include "lib/future.h"
+#include "lib/logger.h"
+#include "lib/mailbox.h"
+#include "lib/queue.h"
+#include "lib/runtime.h"
+#include "lib/window.h"
+
+/* StableStore keys (hashicorp's, so stores can be shared with Go tools). */
+#define CRAFT__KEY_CURRENT_TERM "CurrentTerm"
+#define CRAFT__KEY_LAST_VOTE_TERM "LastVoteTerm"
+#define CRAFT__KEY_LAST_VOTE_CAND "LastVoteCand"
+
+/* Messages of the run thread's mailbox. */
+enum {
+    CRAFT__RUN_RPC = 1,      /* craft__rpc_msg_t */
+    CRAFT__RUN_APPLY,        /* craft_future_t (apply, barrier) */
+    CRAFT__RUN_VERIFY,       /* craft_future_t */
+    CRAFT__RUN_COMMIT,       /* coalesced: r->commit_msg */
+    CRAFT__RUN_STEP_DOWN,    /* coalesced: r->step_down_msg */
+    CRAFT__RUN_VERIFY_ACK,   /* coalesced: r->verify_ack_msg */
+    CRAFT__RUN_VOTE,         /* craft__vote_msg_t */
+    CRAFT__RUN_REPL_EXIT,    /* craft__repl_t */
+    CRAFT__RUN_SHUTDOWN,     /* r->shutdown_msg */
+};
+
+/* Messages of the fsm thread's mailbox. */
+enum {
+    CRAFT__FSM_COMMIT = 1, /* craft__fsm_commit_t */
+};
+
+typedef struct craft__rpc_msg {
+    craft__msg_t msg;
+    craft_rpc_t *rpc;
+} craft__rpc_msg_t;
+
+/* Committed entries up to `index` to apply; `futures` waiting on them in
+ * index order. */
+typedef struct craft__fsm_commit {
+    craft__msg_t msg;
+    uint64_t index;
+    craft__queue_t futures;
+} craft__fsm_commit_t;
+
+typedef struct craft__vote_msg {
+    craft__msg_t msg;
+    uint64_t round;   /* election round it answers */
+    bool prevote;
+    int err;
+    char *id;         /* voter */
+    uint64_t term;    /* response term */
+    bool granted;
+} craft__vote_msg_t;
+
+typedef struct craft__repl craft__repl_t;
+
+/* Per-term leader state (run thread). */
+typedef struct craft__leader {
+    craft__commitment_t *commitment;
+    craft__queue_t inflight;  /* apply futures appended, waiting for commit */
+    craft__queue_t pending;   /* apply futures waiting for flow control */
+    craft__queue_t verifies;  /* verify futures waiting for acks */
+    craft__repl_t **repls;
+    size_t n_repls;
+    uint64_t verify_epoch;
+    int64_t lease_deadline_ns;
+    uint64_t stored_index;    /* own log written up to here */
+} craft__leader_t;
+
+/* Candidate state (run thread). */
+typedef struct craft__candidate {
+    uint64_t round;
+    bool prevote;
+    bool transfer;       /* leadership transfer: no pre-vote, flag set */
+    size_t granted;
+    size_t refused;
+    size_t needed;
+    int64_t deadline_ns;
+} craft__candidate_t;
+
+typedef struct craft__vote_thread {
+    craft__queue_t link;
+    craft__thread_t thread;
+    atomic_bool finished;
+    craft_t *r;
+    bool prevote;
+    uint64_t round;
+    char *id;
+    char *addr;
+    craft_request_vote_req_t req;
+    craft_request_prevote_req_t prereq;
+} craft__vote_thread_t;
+
+struct craft {
+    craft_config_t conf;
+    char *local_id;
+    char *local_addr;
+    craft__logger_t log;
+
+    craft_fsm_t *fsm;
+    craft_log_store_t *logs;
+    craft_stable_store_t *stable;
+    craft_snapshot_store_t *snaps;
+    craft_transport_t *trans;
+
+    /* ---- shared ---- */
+    craft__mutex_t mu; /* term/role/leader changes; heartbeat fast path */
+    _Atomic uint64_t current_term;
+    atomic_int state;
+    _Atomic uint64_t commit_index;
+    _Atomic uint64_t last_log_index;
+    _Atomic uint64_t last_log_term;
+    _Atomic uint64_t applied_index;
+    _Atomic int64_t last_contact_ns;
+    char *leader_id;   /* under mu */
+    char *leader_addr; /* under mu */
+    craft_configuration_t latest_copy; /* under mu: for getters */
+    uint64_t latest_copy_index;        /* under mu */
+    craft__window_t window;            /* thread-safe itself */
+    atomic_bool shutting_down;
+    /* stats counters */
+    _Atomic uint64_t st_applies, st_commits, st_elections, st_prevotes, st_fsm_applied,
+        st_rpcs, st_commit_us, st_commit_n, st_fsm_us, st_fsm_batches, st_store_us,
+        st_store_n;
+
+    /* coalesced signals to run */
+    craft__msg_t commit_msg;
+    atomic_bool commit_posted;
+    craft__msg_t step_down_msg;
+    atomic_bool step_down_posted;
+    _Atomic uint64_t step_down_term; /* highest term seen by replication */
+    craft__msg_t verify_ack_msg;
+    atomic_bool verify_ack_posted;
+    craft__msg_t shutdown_msg;
+
+    /* ---- run thread ---- */
+    craft__thread_t run_thread;
+    craft__mailbox_t run_mb;
+    uint64_t last_vote_term;
+    char *last_vote_cand;
+    craft_configuration_t latest;
+    uint64_t latest_index;
+    craft_configuration_t committed;
+    uint64_t committed_index;
+    uint64_t fsm_dispatched; /* entries handed to the fsm thread up to here */
+    int64_t election_deadline_ns;
+    craft__leader_t leader;
+    craft__candidate_t cand;
+    craft__queue_t vote_threads;
+    bool candidate_from_transfer;
+    size_t repls_stopping; /* replication peers asked to stop, not yet exited */
+    _Atomic uint64_t last_snapshot_index; /* written by run only */
+    _Atomic uint64_t last_snapshot_term;
+
+    /* ---- fsm thread ---- */
+    craft__thread_t fsm_thread;
+    craft__mailbox_t fsm_mb;
+
+    /* ---- shutdown ---- */
+    craft__mutex_t shutdown_mu;
+    craft__queue_t shutdown_futures; /* under shutdown_mu */
+    bool finished;                   /* under shutdown_mu: run thread exited */
+    bool threads_started;
+};
+
+/* ---- run.c ---- */
+void *craft__run_main(void *arg);
+/* Changes role (and leader) under mu; run thread only. */
+void craft__set_state(craft_t *r, craft_state_t s);
+void craft__set_leader(craft_t *r, const char *id, const char *addr);
+/* Persists and publishes a new term (clears the vote). Returns 0 or error. */
+int craft__set_current_term(craft_t *r, uint64_t term);
+/* Records the last log index/term (run thread). */
+void craft__set_last_log(craft_t *r, uint64_t index, uint64_t term);
+/* Term of entry `index` from the window or the store (0 for index 0).
+ * Returns 0, CRAFT_ENOTFOUND or a store error. */
+int craft__term_at(craft_t *r, uint64_t index, uint64_t *term);
+/* Reference to entry `index` from the window, else read from the store. */
+int craft__entry_at(craft_t *r, uint64_t index, craft__entry_t **out);
+/* Becomes follower (from any role) in `term` if higher. */
+void craft__step_down(craft_t *r, uint64_t term);
+/* A configuration entry was appended at `index` (leader or follower). */
+void craft__configuration_appended(craft_t *r, const craft_configuration_t *c,
+                                   uint64_t index);
+/* Commit index advanced to `index` (run thread): commits configurations,
+ * persists the commit index if the store tracks it, hands entries and
+ * `futures` (may be NULL) to the fsm thread. */
+void craft__commit_to(craft_t *r, uint64_t index, craft__queue_t *futures);
+/* Posts a coalesced signal to run. */
+void craft__signal(craft_t *r, craft__msg_t *m, atomic_bool *posted);
+/* Fills a request header with our id/address. */
+void craft__header(craft_t *r, craft_rpc_header_t *h);
+void craft__publish_configuration(craft_t *r);
+
+/* ---- follower.c ---- */
+void craft__follower_loop(craft_t *r);
+void craft__handle_append_entries(craft_t *r, craft_rpc_t *rpc);
+/* Transport entry point: queues the rpc for the run thread. */
+void craft__rpc_handler(void *arg, craft_rpc_t *rpc);
+/* Heartbeat fast path, on a transport thread. */
+void craft__heartbeat_handler(void *arg, craft_rpc_t *rpc);
+
+/* ---- election.c ---- */
+void craft__candidate_loop(craft_t *r);
+void craft__handle_request_vote(craft_t *r, craft_rpc_t *rpc);
+void craft__handle_request_prevote(craft_t *r, craft_rpc_t *rpc);
+void craft__handle_timeout_now(craft_t *r, craft_rpc_t *rpc);
+void craft__reap_vote_threads(craft_t *r, bool wait_all);
+
+/* ---- leader.c ---- */
+void craft__leader_loop(craft_t *r);
+/* The latest configuration changed while leader: update voters and peers. */
+void craft__leader_configuration_changed(craft_t *r);
+
+/* ---- run.c dispatch shared by the loops ---- */
+/* Handles an RPC in any role. */
+void craft__handle_rpc(craft_t *r, craft_rpc_t *rpc);
+/* Handles messages every loop treats alike; returns true when handled. */
+bool craft__handle_common(craft_t *r, craft__msg_t *m);
+
+/* ---- fsm.c ---- */
+void *craft__fsm_main(void *arg);
+
+/* ---- api.c ---- */
+/* Completes a future with `err`, setting its fsm for responses. */
+void craft__fail_future(craft_future_t *f, int err);
+
+#endif

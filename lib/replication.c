@@ -1,0 +1,540 @@
+/*
+ * Replication to one peer (hashicorp replication.go), one struct per peer
+ * per leadership term, with three threads:
+ *  - replication: replicate_to with capped exponential back-off using the
+ *    follower's last index as a hint, then pipeline mode;
+ *  - heartbeat: empty AppendEntries every HT/10..HT/5, at once on verify;
+ *  - pipeline decode: consumes pipelined responses in order.
+ */
+#include "lib/replication.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+enum { SEND_OK, SEND_RETRY, SEND_STOP };
+
+typedef struct pipe_tag {
+    uint64_t last;    /* last index carried by the request */
+    int64_t sent_ns;
+} pipe_tag_t;
+
+static bool stopped(craft__repl_t *p)
+{
+    craft__mutex_lock(&p->mu);
+    bool s = p->stop;
+    craft__mutex_unlock(&p->mu);
+    return s;
+}
+
+/* Waits until stop, trigger (if `on_trigger`) or the deadline. Returns
+ * true when stopping. */
+static bool wait_for_work(craft__repl_t *p, int64_t deadline, bool on_trigger)
+{
+    craft__mutex_lock(&p->mu);
+    while (!p->stop && !(on_trigger && p->trigger) && craft__now_ns() < deadline) {
+        craft__cond_wait_until(&p->cond, &p->mu, deadline);
+    }
+    if (on_trigger) {
+        p->trigger = false;
+    }
+    bool s = p->stop;
+    craft__mutex_unlock(&p->mu);
+    return s;
+}
+
+/* hashicorp backoff(10ms, failures, 12): 10ms doubling, at most 10.24 s. */
+static int64_t backoff_ns(int failures)
+{
+    int64_t b = CRAFT__MS(10);
+    for (int i = 2; i < failures && i < 12; i++) {
+        b *= 2;
+    }
+    return b;
+}
+
+static void step_down_to(craft__repl_t *p, uint64_t term)
+{
+    craft_t *r = p->r;
+    uint64_t cur = atomic_load(&r->step_down_term);
+    while (term > cur && !atomic_compare_exchange_weak(&r->step_down_term, &cur, term)) {
+    }
+    craft__signal(r, &r->step_down_msg, &r->step_down_posted);
+}
+
+static void record_match(craft__repl_t *p, uint64_t match)
+{
+    uint64_t cur = atomic_load(&p->match_index);
+    while (match > cur && !atomic_compare_exchange_weak(&p->match_index, &cur, match)) {
+    }
+    if (match > cur && craft__commitment_match(p->commitment, p->id, match)) {
+        craft__signal(p->r, &p->r->commit_msg, &p->r->commit_posted);
+    }
+}
+
+static void release_entries(craft__entry_t **ents, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        craft__entry_unref(ents[i]);
+    }
+}
+
+/* Fills `req` for entries [next, min(next+max-1, last)]; entry references
+ * go to ents (released by the caller). Returns 0 or an error. */
+static int build_request(craft__repl_t *p, uint64_t next, uint64_t last,
+                         craft_append_entries_req_t *req, craft_log_t *logs,
+                         craft__entry_t **ents, size_t *n_ents)
+{
+    craft_t *r = p->r;
+    memset(req, 0, sizeof *req);
+    *n_ents = 0;
+    craft__header(r, &req->header);
+    req->term = p->term;
+    req->leader = r->local_addr;
+    req->leader_commit_index = craft__commitment_commit_index(p->commitment);
+    req->prev_log_entry = next - 1;
+    int rv = craft__term_at(r, next - 1, &req->prev_log_term);
+    if (rv != 0) {
+        return rv;
+    }
+    if (next > last) {
+        return 0;
+    }
+    size_t want = (size_t)(last - next + 1);
+    if (want > (size_t)r->conf.max_append_entries) {
+        want = (size_t)r->conf.max_append_entries;
+    }
+    size_t n = craft__window_get_range(&r->window, next, want, ents);
+    if (n == 0) {
+        /* Older than the window: read from the store. */
+        for (; n < want; n++) {
+            rv = craft__entry_at(r, next + n, &ents[n]);
+            if (rv != 0) {
+                release_entries(ents, n);
+                return rv;
+            }
+        }
+    }
+    for (size_t i = 0; i < n; i++) {
+        logs[i] = ents[i]->log;
+    }
+    req->entries = logs;
+    req->n_entries = n;
+    *n_ents = n;
+    /* The leader's commit index is only meaningful up to what we send. */
+    return 0;
+}
+
+/* One synchronous AppendEntries (hashicorp replicateTo, one round). */
+static int replicate_once(craft__repl_t *p, int *failures)
+{
+    craft_t *r = p->r;
+    size_t max = (size_t)r->conf.max_append_entries;
+    craft_log_t logs[max];
+    craft__entry_t *ents[max];
+    size_t n = 0;
+    craft_append_entries_req_t req;
+    uint64_t next = atomic_load(&p->next_index);
+    uint64_t last = atomic_load(&r->last_log_index);
+    int rv = build_request(p, next, last, &req, logs, ents, &n);
+    if (rv != 0) {
+        CRAFT__ERROR(&r->log, "replication", "failed to get log entries: peer=%s next=%llu "
+                     "error=%s", p->id, (unsigned long long)next, craft_strerror(rv));
+        (*failures)++;
+        return SEND_RETRY;
+    }
+    craft_append_entries_resp_t resp;
+    memset(&resp, 0, sizeof resp);
+    int64_t t0 = craft__now_ns();
+    rv = r->trans->append_entries(r->trans->ctx, p->id, p->addr, &req, &resp);
+    release_entries(ents, n);
+    atomic_fetch_add(&p->st_rpcs, 1);
+    if (rv != 0) {
+        atomic_fetch_add(&p->st_failures, 1);
+        (*failures)++;
+        CRAFT__DEBUG(&r->log, "replication", "failed to appendEntries to peer=%s error=%s",
+                     p->id, craft_strerror(rv));
+        return SEND_RETRY;
+    }
+    int64_t now = craft__now_ns();
+    atomic_store(&p->st_rtt_us, (uint64_t)(now - t0) / 1000);
+    if (resp.term > p->term) {
+        step_down_to(p, resp.term);
+        return SEND_STOP;
+    }
+    atomic_store(&p->last_contact_ns, now);
+    if (resp.success) {
+        uint64_t match = req.prev_log_entry + n;
+        record_match(p, match);
+        atomic_store(&p->next_index, match + 1);
+        *failures = 0;
+        return SEND_OK;
+    }
+    /* Back up, using the follower's last index as a hint. */
+    uint64_t nn = next - 1;
+    if (resp.last_log + 1 < nn) {
+        nn = resp.last_log + 1;
+    }
+    if (nn < 1) {
+        nn = 1;
+    }
+    atomic_store(&p->next_index, nn);
+    if (resp.no_retry_backoff) {
+        *failures = 0;
+    } else {
+        (*failures)++;
+    }
+    CRAFT__DEBUG(&r->log, "replication", "appendEntries rejected, sending older logs: peer=%s "
+                 "next=%llu", p->id, (unsigned long long)nn);
+    return *failures > 0 ? SEND_RETRY : SEND_OK;
+}
+
+static void *decode_main(void *arg)
+{
+    craft__repl_t *p = arg;
+    craft_t *r = p->r;
+    craft__set_craft_thread(r);
+    for (;;) {
+        craft_append_entries_resp_t resp;
+        memset(&resp, 0, sizeof resp);
+        void *tagv = NULL;
+        int rv = p->pipe->next_response(p->pipe->ctx, &resp, &tagv);
+        pipe_tag_t *tag = tagv;
+        if (tag == NULL) {
+            break; /* closed and drained */
+        }
+        bool failed = rv != 0;
+        if (!failed) {
+            int64_t now = craft__now_ns();
+            atomic_store(&p->st_rtt_us, (uint64_t)(now - tag->sent_ns) / 1000);
+            if (resp.term > p->term) {
+                step_down_to(p, resp.term);
+                failed = true;
+            } else if (!resp.success) {
+                failed = true;
+            } else {
+                atomic_store(&p->last_contact_ns, now);
+                record_match(p, tag->last);
+            }
+        } else {
+            atomic_fetch_add(&p->st_failures, 1);
+        }
+        free(tag);
+        craft__mutex_lock(&p->mu);
+        p->inflight--;
+        if (failed) {
+            p->pipe_failed = true;
+        }
+        craft__cond_broadcast(&p->cond);
+        craft__mutex_unlock(&p->mu);
+    }
+    return NULL;
+}
+
+/* Pipeline mode (hashicorp pipelineReplicate): streams AppendEntries with
+ * at most max_inflight outstanding, until a failure or stop. */
+static int run_pipeline(craft__repl_t *p)
+{
+    craft_t *r = p->r;
+    int rv = r->trans->append_entries_pipeline(r->trans->ctx, p->id, p->addr, &p->pipe);
+    if (rv != 0) {
+        p->pipe = NULL;
+        return rv;
+    }
+    craft__mutex_lock(&p->mu);
+    p->pipe_failed = false;
+    p->inflight = 0;
+    craft__mutex_unlock(&p->mu);
+    if (craft__thread_start(&p->decode_thread, "craft-decode", decode_main, p) != 0) {
+        p->pipe->close(p->pipe->ctx);
+        p->pipe->free(p->pipe->ctx);
+        p->pipe = NULL;
+        return CRAFT_ENOMEM;
+    }
+    atomic_store(&p->pipelining, true);
+    CRAFT__DEBUG(&r->log, "replication", "pipelining replication: peer=%s", p->id);
+    size_t max = (size_t)r->conf.max_append_entries;
+    craft_log_t *logs = malloc(max * sizeof *logs);
+    craft__entry_t **ents = malloc(max * sizeof *ents);
+    uint64_t next = atomic_load(&p->next_index);
+    int64_t commit_deadline = craft__now_ns() + craft__random_timeout_ns(r->conf.commit_timeout_ms);
+    size_t window = (size_t)r->conf.max_inflight;
+    while (logs != NULL && ents != NULL) {
+        craft__mutex_lock(&p->mu);
+        for (;;) {
+            uint64_t last = atomic_load(&r->last_log_index);
+            bool can_send = next <= last && p->inflight < window;
+            if (p->stop || p->pipe_failed || can_send || craft__now_ns() >= commit_deadline) {
+                break;
+            }
+            craft__cond_wait_until(&p->cond, &p->mu, commit_deadline);
+        }
+        p->trigger = false;
+        bool quit = p->stop || p->pipe_failed;
+        craft__mutex_unlock(&p->mu);
+        if (quit) {
+            break;
+        }
+        bool sent = false;
+        bool idle_tick = craft__now_ns() >= commit_deadline;
+        for (;;) {
+            uint64_t last = atomic_load(&r->last_log_index);
+            craft__mutex_lock(&p->mu);
+            bool room = p->inflight < window;
+            craft__mutex_unlock(&p->mu);
+            if (!room || (next > last && !(idle_tick && !sent))) {
+                break;
+            }
+            craft_append_entries_req_t req;
+            size_t n = 0;
+            if (build_request(p, next, last, &req, logs, ents, &n) != 0) {
+                craft__mutex_lock(&p->mu);
+                p->pipe_failed = true;
+                craft__mutex_unlock(&p->mu);
+                break;
+            }
+            pipe_tag_t *tag = malloc(sizeof *tag);
+            if (tag == NULL) {
+                release_entries(ents, n);
+                break;
+            }
+            tag->last = req.prev_log_entry + n;
+            tag->sent_ns = craft__now_ns();
+            craft__mutex_lock(&p->mu);
+            p->inflight++;
+            craft__mutex_unlock(&p->mu);
+            rv = p->pipe->append_entries(p->pipe->ctx, &req, tag);
+            release_entries(ents, n);
+            atomic_fetch_add(&p->st_rpcs, 1);
+            if (rv != 0) {
+                free(tag);
+                craft__mutex_lock(&p->mu);
+                p->inflight--;
+                p->pipe_failed = true;
+                craft__mutex_unlock(&p->mu);
+                break;
+            }
+            next = tag->last + 1;
+            atomic_store(&p->next_index, next);
+            sent = true;
+        }
+        if (sent || idle_tick) {
+            commit_deadline = craft__now_ns() + craft__random_timeout_ns(r->conf.commit_timeout_ms);
+        }
+    }
+    free(logs);
+    free(ents);
+    p->pipe->close(p->pipe->ctx);
+    craft__thread_join(&p->decode_thread);
+    p->pipe->free(p->pipe->ctx);
+    p->pipe = NULL;
+    atomic_store(&p->pipelining, false);
+    atomic_store(&p->next_index, atomic_load(&p->match_index) + 1);
+    CRAFT__DEBUG(&r->log, "replication", "aborting pipeline replication: peer=%s", p->id);
+    return 0;
+}
+
+static void thread_exit(craft__repl_t *p)
+{
+    craft__mutex_lock(&p->mu);
+    bool last = --p->alive == 0;
+    craft__mutex_unlock(&p->mu);
+    if (last && craft__mailbox_post(&p->r->run_mb, &p->exit_msg) != 0) {
+        CRAFT__ERROR(&p->r->log, "replication", "run mailbox closed before peer exit: %s", p->id);
+    }
+}
+
+static void *repl_main(void *arg)
+{
+    craft__repl_t *p = arg;
+    craft_t *r = p->r;
+    craft__set_craft_thread(r);
+    int failures = 0;
+    bool pipe_unsupported = r->trans->append_entries_pipeline == NULL;
+    int64_t commit_deadline = 0; /* send at once: establishes next/match */
+    while (!stopped(p)) {
+        uint64_t next = atomic_load(&p->next_index);
+        uint64_t last = atomic_load(&r->last_log_index);
+        if (next <= last || craft__now_ns() >= commit_deadline) {
+            int res = replicate_once(p, &failures);
+            commit_deadline =
+                craft__now_ns() + craft__random_timeout_ns(r->conf.commit_timeout_ms);
+            if (res == SEND_STOP) {
+                break;
+            }
+            if (res == SEND_RETRY) {
+                if (wait_for_work(p, craft__now_ns() + backoff_ns(failures), false)) {
+                    break;
+                }
+                continue;
+            }
+            if (atomic_load(&p->next_index) > atomic_load(&r->last_log_index) &&
+                !pipe_unsupported) {
+                if (run_pipeline(p) == CRAFT_ENOTSUP) {
+                    pipe_unsupported = true;
+                }
+                commit_deadline = 0;
+            }
+            continue;
+        }
+        if (wait_for_work(p, commit_deadline, true)) {
+            break;
+        }
+    }
+    thread_exit(p);
+    return NULL;
+}
+
+static void *hb_main(void *arg)
+{
+    craft__repl_t *p = arg;
+    craft_t *r = p->r;
+    craft__set_craft_thread(r);
+    int failures = 0;
+    uint64_t sent_epoch = 0;
+    int64_t ht = CRAFT__MS(r->conf.heartbeat_timeout_ms);
+    int64_t deadline = craft__now_ns();
+    for (;;) {
+        craft__mutex_lock(&p->mu);
+        while (!p->stop && p->hb_epoch <= sent_epoch && craft__now_ns() < deadline) {
+            craft__cond_wait_until(&p->cond, &p->mu, deadline);
+        }
+        bool stop = p->stop;
+        uint64_t epoch = p->hb_epoch;
+        craft__mutex_unlock(&p->mu);
+        if (stop) {
+            break;
+        }
+        craft_append_entries_req_t req;
+        memset(&req, 0, sizeof req);
+        craft__header(r, &req.header);
+        req.term = p->term;
+        req.leader = r->local_addr;
+        craft_append_entries_resp_t resp;
+        memset(&resp, 0, sizeof resp);
+        int64_t t0 = craft__now_ns();
+        int rv = r->trans->append_entries(r->trans->ctx, p->id, p->addr, &req, &resp);
+        int64_t now = craft__now_ns();
+        atomic_fetch_add(&p->st_rpcs, 1);
+        if (rv != 0) {
+            failures++;
+            atomic_fetch_add(&p->st_failures, 1);
+            int64_t b = backoff_ns(failures + 1);
+            if (b > ht / 2) {
+                b = ht / 2;
+            }
+            if (failures == 1) {
+                CRAFT__DEBUG(&r->log, "replication", "failed to heartbeat to peer=%s error=%s",
+                             p->id, craft_strerror(rv));
+            }
+            deadline = now + b;
+            continue;
+        }
+        failures = 0;
+        atomic_store(&p->st_rtt_us, (uint64_t)(now - t0) / 1000);
+        if (resp.term > p->term) {
+            step_down_to(p, resp.term);
+        } else {
+            atomic_store(&p->last_contact_ns, now);
+            if (resp.success && epoch > atomic_load(&p->acked_epoch)) {
+                atomic_store(&p->acked_epoch, epoch);
+                craft__signal(r, &r->verify_ack_msg, &r->verify_ack_posted);
+            }
+        }
+        sent_epoch = epoch;
+        deadline = now + craft__rand_range(ht / 10, ht / 5);
+    }
+    thread_exit(p);
+    return NULL;
+}
+
+craft__repl_t *craft__repl_start(craft_t *r, const craft_server_t *s, uint64_t term,
+                                 craft__commitment_t *cm, uint64_t next_index)
+{
+    craft__repl_t *p = calloc(1, sizeof *p);
+    if (p == NULL) {
+        return NULL;
+    }
+    p->exit_msg.type = CRAFT__RUN_REPL_EXIT;
+    p->r = r;
+    p->id = strdup(s->id);
+    p->addr = strdup(s->address);
+    if (p->id == NULL || p->addr == NULL) {
+        free(p->id);
+        free(p->addr);
+        free(p);
+        return NULL;
+    }
+    atomic_init(&p->voter, s->suffrage == CRAFT_VOTER);
+    p->term = term;
+    craft__commitment_ref(cm);
+    p->commitment = cm;
+    craft__mutex_init(&p->mu);
+    craft__cond_init(&p->cond);
+    atomic_init(&p->next_index, next_index);
+    atomic_init(&p->match_index, 0);
+    atomic_init(&p->acked_epoch, 0);
+    /* The lease starts now (hashicorp sets lastContact at start). */
+    atomic_init(&p->last_contact_ns, craft__now_ns());
+    p->alive = 2;
+    if (craft__thread_start(&p->repl_thread, "craft-repl", repl_main, p) != 0) {
+        goto err_after_init;
+    }
+    if (craft__thread_start(&p->hb_thread, "craft-heartbeat", hb_main, p) != 0) {
+        craft__mutex_lock(&p->mu);
+        p->alive = 1;
+        p->stop = true;
+        p->exit_msg.type = 0; /* don't report: we join right here */
+        craft__cond_broadcast(&p->cond);
+        craft__mutex_unlock(&p->mu);
+        craft__thread_join(&p->repl_thread);
+        goto err_after_init;
+    }
+    return p;
+err_after_init:
+    CRAFT__ERROR(&r->log, "replication", "failed to start threads for peer=%s", s->id);
+    craft__commitment_unref(cm);
+    craft__cond_destroy(&p->cond);
+    craft__mutex_destroy(&p->mu);
+    free(p->id);
+    free(p->addr);
+    free(p);
+    return NULL;
+}
+
+void craft__repl_trigger(craft__repl_t *p)
+{
+    craft__mutex_lock(&p->mu);
+    p->trigger = true;
+    craft__cond_broadcast(&p->cond);
+    craft__mutex_unlock(&p->mu);
+}
+
+void craft__repl_heartbeat_now(craft__repl_t *p, uint64_t epoch)
+{
+    craft__mutex_lock(&p->mu);
+    if (epoch > p->hb_epoch) {
+        p->hb_epoch = epoch;
+    }
+    craft__cond_broadcast(&p->cond);
+    craft__mutex_unlock(&p->mu);
+}
+
+void craft__repl_stop(craft__repl_t *p)
+{
+    craft__mutex_lock(&p->mu);
+    p->stop = true;
+    craft__cond_broadcast(&p->cond);
+    craft__mutex_unlock(&p->mu);
+}
+
+void craft__repl_free(craft__repl_t *p)
+{
+    craft__thread_join(&p->repl_thread);
+    craft__thread_join(&p->hb_thread);
+    craft__commitment_unref(p->commitment);
+    craft__cond_destroy(&p->cond);
+    craft__mutex_destroy(&p->mu);
+    free(p->id);
+    free(p->addr);
+    free(p);
+}
