@@ -1,0 +1,88 @@
+/*
+ * Test cluster of craft nodes on the in-memory parts, with a recording FSM.
+ * Every helper waits on conditions with generous deadlines, never on sleeps.
+ */
+#ifndef CRAFT_TEST_CLUSTER_H
+#define CRAFT_TEST_CLUSTER_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "craft.h"
+#include "craft/inmem.h"
+
+#define TC_MAX 7
+#define TC_WAIT_MS 20000
+
+/* Recording FSM: every applied command (index + bytes) in order. */
+typedef struct tc_fsm {
+    pthread_mutex_t mu;
+    size_t n, cap;
+    uint64_t *index;
+    char **data;
+    size_t *len;
+    uint64_t hash; /* rolling FNV-1a over the applied data */
+    uint64_t last_index;
+    bool order_violation; /* an index not above the previous one */
+} tc_fsm_t;
+
+typedef struct tc_node {
+    craft_t *r;
+    craft_log_store_t *log;
+    craft_stable_store_t *stable;
+    craft_snapshot_store_t *snaps;
+    craft_transport_t *trans;
+    tc_fsm_t fsm;
+    craft_fsm_t vt;
+    char id[32];
+    char addr[32];
+    bool voter;
+    int leader_notifications; /* +1 gained, -1 lost */
+} tc_node_t;
+
+typedef struct tc_cluster {
+    size_t n;
+    tc_node_t nodes[TC_MAX];
+    craft_config_t conf;
+    bool connected[TC_MAX][TC_MAX];
+} tc_cluster_t;
+
+/* Creates n nodes, the first `voters` of them voters (the rest nonvoters),
+ * bootstraps all of them with that configuration and starts them. */
+tc_cluster_t *tc_new(size_t n, size_t voters);
+/* Same, with a config tweak applied to each node's config before start. */
+tc_cluster_t *tc_new_with(size_t n, size_t voters, void (*tweak)(craft_config_t *));
+void tc_free(tc_cluster_t *c);
+
+/* Index of the single leader, waiting up to timeout_ms; -1 if none. */
+int tc_leader(tc_cluster_t *c, int64_t timeout_ms);
+/* Number of nodes currently in the leader state (running ones). */
+int tc_count_leaders(tc_cluster_t *c);
+/* Stops node i (craft_free), keeping its stores. */
+void tc_stop(tc_cluster_t *c, size_t i);
+/* Restarts node i on its stores. */
+void tc_start(tc_cluster_t *c, size_t i);
+
+/* Network: cut/restore both directions between i and j. */
+void tc_cut(tc_cluster_t *c, size_t i, size_t j);
+void tc_link(tc_cluster_t *c, size_t i, size_t j);
+/* Isolates node i from everyone. */
+void tc_isolate(tc_cluster_t *c, size_t i);
+/* Splits into `group` (bitmask) and the rest. */
+void tc_partition(tc_cluster_t *c, unsigned group);
+void tc_heal(tc_cluster_t *c);
+
+/* Applies "prefix-k" commands on the leader, retrying on leader changes.
+ * Returns the count applied successfully (== n on success). */
+size_t tc_apply_n(tc_cluster_t *c, const char *prefix, size_t n);
+/* Waits until every running node's FSM applied at least `count` commands
+ * and all hold identical sequences. */
+bool tc_wait_converged(tc_cluster_t *c, size_t count, int64_t timeout_ms);
+/* true when node i's FSM holds `data` exactly once. */
+bool tc_fsm_has(tc_cluster_t *c, size_t i, const char *data);
+size_t tc_fsm_count(tc_cluster_t *c, size_t i);
+/* Compares FSM sequences of nodes i and j on their common prefix. */
+bool tc_fsm_prefix_equal(tc_cluster_t *c, size_t i, size_t j);
+
+#endif

@@ -1,0 +1,194 @@
+/* Integration: elections, replication and apply on healthy clusters. */
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../testutil.h"
+#include "cluster.h"
+
+static void check_sizes(size_t n, size_t applies)
+{
+    tc_cluster_t *c = tc_new(n, n);
+    int l = tc_leader(c, TC_WAIT_MS);
+    ck_assert_int_ge(l, 0);
+    ck_assert_uint_eq(tc_apply_n(c, "cmd", applies), applies);
+    ck_assert(tc_wait_converged(c, applies, TC_WAIT_MS));
+    for (size_t i = 0; i < n; i++) {
+        ck_assert_uint_eq(tc_fsm_count(c, i), applies);
+        for (size_t k = 0; k < applies; k += applies / 10 + 1) {
+            char buf[64];
+            snprintf(buf, sizeof buf, "cmd-%zu", k);
+            ck_assert(tc_fsm_has(c, i, buf));
+        }
+    }
+    /* One leader per term: every node agrees on the leader's term. */
+    uint64_t term = craft_current_term(c->nodes[l].r);
+    ck_assert_int_le(tc_count_leaders(c), 1);
+    for (size_t i = 0; i < n; i++) {
+        ck_assert_uint_le(craft_current_term(c->nodes[i].r), term);
+    }
+    tc_free(c);
+}
+
+START_TEST(test_single_node)
+{
+    check_sizes(1, 200);
+}
+END_TEST
+
+START_TEST(test_three_nodes_1000)
+{
+    check_sizes(3, 1000);
+}
+END_TEST
+
+START_TEST(test_five_nodes)
+{
+    check_sizes(5, 500);
+}
+END_TEST
+
+START_TEST(test_apply_response_and_index)
+{
+    tc_cluster_t *c = tc_new(3, 3);
+    int l = tc_leader(c, TC_WAIT_MS);
+    ck_assert_int_ge(l, 0);
+    craft_future_t *f = craft_apply(c->nodes[l].r, "hello", 5, 1000);
+    ck_assert_int_eq(craft_future_wait(f), 0);
+    uint64_t idx = craft_future_index(f);
+    ck_assert_uint_gt(idx, 1);
+    ck_assert_uint_eq((uintptr_t)craft_future_response(f), idx);
+    ck_assert_uint_ge(craft_applied_index(c->nodes[l].r), idx);
+    ck_assert_uint_ge(craft_commit_index(c->nodes[l].r), idx);
+    craft_future_free(f);
+    tc_free(c);
+}
+END_TEST
+
+START_TEST(test_barrier)
+{
+    tc_cluster_t *c = tc_new(3, 3);
+    int l = tc_leader(c, TC_WAIT_MS);
+    ck_assert_int_ge(l, 0);
+    craft_future_t *fs[50];
+    for (int i = 0; i < 50; i++) {
+        char buf[32];
+        snprintf(buf, sizeof buf, "b-%d", i);
+        fs[i] = craft_apply(c->nodes[l].r, buf, strlen(buf), 0);
+    }
+    craft_future_t *b = craft_barrier(c->nodes[l].r, 0);
+    ck_assert_int_eq(craft_future_wait(b), 0);
+    /* Everything before the barrier is applied on the leader now. */
+    ck_assert_uint_ge(tc_fsm_count(c, (size_t)l), 50);
+    ck_assert_uint_ge(craft_applied_index(c->nodes[l].r), craft_future_index(b));
+    for (int i = 0; i < 50; i++) {
+        ck_assert(craft_future_done(fs[i]));
+        ck_assert_int_eq(craft_future_wait(fs[i]), 0);
+        craft_future_free(fs[i]);
+    }
+    craft_future_free(b);
+    tc_free(c);
+}
+END_TEST
+
+START_TEST(test_verify_leader_healthy)
+{
+    tc_cluster_t *c = tc_new(3, 3);
+    int l = tc_leader(c, TC_WAIT_MS);
+    ck_assert_int_ge(l, 0);
+    craft_future_t *f = craft_verify_leader(c->nodes[l].r);
+    ck_assert_int_eq(craft_future_wait(f), 0);
+    craft_future_free(f);
+    tc_free(c);
+}
+END_TEST
+
+START_TEST(test_get_configuration)
+{
+    tc_cluster_t *c = tc_new(3, 2);
+    int l = tc_leader(c, TC_WAIT_MS);
+    ck_assert_int_ge(l, 0);
+    for (size_t i = 0; i < 3; i++) {
+        craft_future_t *f = craft_get_configuration(c->nodes[i].r);
+        ck_assert_int_eq(craft_future_wait(f), 0);
+        const craft_configuration_t *cfg = craft_future_configuration(f);
+        ck_assert_ptr_nonnull(cfg);
+        ck_assert_uint_eq(cfg->n, 3);
+        ck_assert_uint_eq(craft_future_index(f), 1); /* the bootstrap entry */
+        ck_assert_str_eq(cfg->servers[2].id, "node2");
+        ck_assert_int_eq(cfg->servers[2].suffrage, CRAFT_NONVOTER);
+        craft_future_free(f);
+    }
+    tc_free(c);
+}
+END_TEST
+
+typedef struct {
+    craft_t *r;
+    uint64_t index;
+} applied_arg_t;
+
+static bool applied_reached(void *arg)
+{
+    applied_arg_t *a = arg;
+    return craft_applied_index(a->r) >= a->index;
+}
+
+START_TEST(test_restart_all_replays_committed)
+{
+    tc_cluster_t *c = tc_new(3, 3);
+    ck_assert_uint_eq(tc_apply_n(c, "persist", 100), 100);
+    ck_assert(tc_wait_converged(c, 100, TC_WAIT_MS));
+    /* One more round so every node's store persisted a recent commit index. */
+    ck_assert_uint_eq(tc_apply_n(c, "more", 10), 10);
+    ck_assert(tc_wait_converged(c, 110, TC_WAIT_MS));
+    for (size_t i = 0; i < 3; i++) {
+        tc_stop(c, i);
+    }
+    /* Restart with no network: the persisted commit index lets each node
+     * replay committed entries without a leader (hashicorp #613). */
+    for (size_t i = 0; i < 3; i++) {
+        tc_isolate(c, i);
+    }
+    for (size_t i = 0; i < 3; i++) {
+        uint64_t ci = 0;
+        ck_assert_ptr_nonnull(c->nodes[i].log->get_commit_index);
+        ck_assert_int_eq(c->nodes[i].log->get_commit_index(c->nodes[i].log->ctx, &ci), 0);
+        ck_assert_uint_gt(ci, 50);
+        tc_start(c, i);
+        applied_arg_t a = {c->nodes[i].r, ci};
+        ck_assert(tu_wait_for(applied_reached, &a, TC_WAIT_MS));
+        ck_assert_uint_ge(tc_fsm_count(c, i), 40);
+        ck_assert_uint_eq(craft_applied_index(c->nodes[i].r), ci);
+    }
+    for (size_t i = 1; i < 3; i++) {
+        ck_assert(tc_fsm_prefix_equal(c, 0, i));
+    }
+    tc_heal(c);
+    ck_assert_int_ge(tc_leader(c, TC_WAIT_MS), 0);
+    ck_assert(tc_wait_converged(c, 110, TC_WAIT_MS));
+    tc_free(c);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("cluster");
+    TCase *tc = tcase_create("healthy");
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, test_single_node);
+    tcase_add_test(tc, test_three_nodes_1000);
+    tcase_add_test(tc, test_five_nodes);
+    tcase_add_test(tc, test_apply_response_and_index);
+    tcase_add_test(tc, test_barrier);
+    tcase_add_test(tc, test_verify_leader_healthy);
+    tcase_add_test(tc, test_get_configuration);
+    tcase_add_test(tc, test_restart_all_replays_committed);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
