@@ -297,7 +297,8 @@ static int run_pipeline(craft__repl_t *p)
                 release_entries(ents, n);
                 break;
             }
-            tag->last = req.prev_log_entry + n;
+            uint64_t sent_last = req.prev_log_entry + n;
+            tag->last = sent_last;
             tag->sent_ns = craft__now_ns();
             craft__mutex_lock(&p->mu);
             p->inflight++;
@@ -313,7 +314,8 @@ static int run_pipeline(craft__repl_t *p)
                 craft__mutex_unlock(&p->mu);
                 break;
             }
-            next = tag->last + 1;
+            /* The decode thread may already have freed the tag. */
+            next = sent_last + 1;
             atomic_store(&p->next_index, next);
             sent = true;
         }

@@ -24,7 +24,9 @@ static void *fsm_apply(void *ctx, const craft_log_t *log)
     }
     f->index[f->n] = log->index;
     f->data[f->n] = malloc(log->len + 1);
-    memcpy(f->data[f->n], log->data, log->len);
+    if (log->len > 0) {
+        memcpy(f->data[f->n], log->data, log->len);
+    }
     f->data[f->n][log->len] = '\0';
     f->len[f->n] = log->len;
     f->n++;
