@@ -448,7 +448,9 @@ static craft_append_entries_req_t *ae_new(uint64_t prev, size_t n)
 static void ae_free(craft_append_entries_req_t *q)
 {
     for (size_t i = 0; i < q->n_entries; i++) {
-        memset((void *)q->entries[i].data, 0x55, q->entries[i].len);
+        if (q->entries[i].len > 0) {
+            memset((void *)q->entries[i].data, 0x55, q->entries[i].len);
+        }
         free((void *)q->entries[i].data);
         free((void *)q->entries[i].ext);
     }
