@@ -1,0 +1,1359 @@
+/*
+ * Loopback transport (hashicorp's InmemTransport): transports in one process
+ * reach each other by address once connected.
+ *
+ * Design
+ * ------
+ * Topology. connect(a, b) records b in a->peers and a in b->sources; both
+ * arrays of every transport are guarded by one process-wide mutex
+ * (topology_mu). There is no address registry, so several clusters may use
+ * the same addresses in one process. close(t) removes t from the peers of
+ * everyone in t->sources (and itself from its peers' sources), so no other
+ * transport can find it afterwards.
+ *
+ * Lifetime. Each transport is reference counted: its owner holds one
+ * reference until close, a caller holds one on the target while it hands it
+ * an RPC, each outgoing call holds one on its origin, and each pipeline holds
+ * one on its transport. Memory goes when the last reference does, so a late
+ * respond() or a pipeline freed after the transport stays safe.
+ *
+ * Calls. An RPC from a to address X looks X up among a's peers
+ * (CRAFT_EUNREACHABLE when missing), deep-copies the request into one
+ * allocation (entries with data/ext, strings, configuration) and hands the
+ * resulting craft_rpc_t to the peer's heartbeat handler (AppendEntries
+ * without entries, when set) or rpc handler (none: CRAFT_EUNREACHABLE). The
+ * handler runs on the caller's thread; the caller then waits on the call's
+ * condvar until respond(), the deadline (CRAFT_ETIMEDOUT) or a close of its
+ * transport or pipeline (CRAFT_ECLOSED). A call is reference counted (caller
+ * + consumer until respond) so it may be answered from any thread, before the
+ * handler returns or long after the caller gave up.
+ *
+ * Response header strings are interned in the calling transport when respond
+ * is called: they stay valid until the transport is freed, which covers the
+ * contract "until the next RPC of the calling thread". The intern set only
+ * grows with the number of distinct IDs/addresses seen, i.e. the cluster.
+ *
+ * InstallSnapshot streams the caller's reader through a wrapper embedded in
+ * the call (so refcounted with it): it yields exactly req->size bytes, and
+ * once the caller has returned (answered, timed out or closed) every read
+ * fails with CRAFT_ECLOSED instead of touching the caller's reader.
+ *
+ * Handlers. Each handler slot counts invocations in progress by generation;
+ * set_rpc_handler / set_heartbeat_handler wait until none of the previous
+ * handler's invocations is in progress. They must therefore not be called
+ * from inside a handler invocation of the same transport (it would wait for
+ * itself).
+ *
+ * Pipeline. A worker thread sends queued AppendEntries one at a time through
+ * the synchronous path, in order, and records each result; next_response
+ * hands results out in order. At most PIPELINE_WINDOW requests may be
+ * unconsumed; append_entries blocks while the window is full.
+ *
+ * Lock order: topology_mu is never held with another lock. Otherwise
+ * transport mu -> pipeline mu -> call mu, and intern_mu / reader_mu alone.
+ */
+#include "craft/inmem.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdalign.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define DEFAULT_TIMEOUT_MS 500
+/* hashicorp's InmemTransport: InstallSnapshot and TimeoutNow get 10x. */
+#define LONG_RPC_FACTOR 10
+#define PIPELINE_WINDOW 128
+
+static pthread_mutex_t topology_mu = PTHREAD_MUTEX_INITIALIZER;
+
+typedef struct call call_t;
+typedef struct pipeline pipeline_t;
+
+typedef struct handler_slot {
+    craft_rpc_handler_fn fn;
+    void *arg;
+    uint64_t gen;        /* bumped by each set */
+    unsigned active_cur; /* invocations of generation `gen` in progress */
+    unsigned active_old; /* invocations of older generations in progress */
+} handler_slot_t;
+
+typedef struct inmem_transport {
+    craft_transport_t iface; /* handed out; ctx points back here */
+    char *addr;
+    int64_t timeout_ms;
+    atomic_int refs;
+
+    /* Under topology_mu. */
+    struct inmem_transport **peers; /* transports we reach */
+    size_t n_peers;
+    size_t cap_peers;
+    struct inmem_transport **sources; /* transports reaching us */
+    size_t n_sources;
+    size_t cap_sources;
+
+    /* Under mu. */
+    pthread_mutex_t mu;
+    pthread_cond_t handlers_idle;
+    handler_slot_t rpc_handler;
+    handler_slot_t hb_handler;
+    bool closed;
+    call_t *calls;          /* outgoing calls in progress */
+    pipeline_t *pipelines;  /* open pipelines */
+
+    /* Under intern_mu. */
+    pthread_mutex_t intern_mu;
+    char **interned;
+    size_t n_interned;
+    size_t cap_interned;
+} inmem_transport_t;
+
+struct call {
+    craft_rpc_t rpc; /* first: respond() is handed &rpc */
+    atomic_int refs; /* the caller's, plus the consumer's until respond */
+    inmem_transport_t *origin; /* referenced */
+    void *arena;               /* the deep copy of the request */
+
+    pthread_mutex_t mu;
+    pthread_cond_t cond;
+    bool responded;
+    int err;
+    bool cancelled; /* origin transport or pipeline closed */
+
+    call_t *prev; /* in origin->calls, under origin->mu */
+    call_t *next;
+
+    /* InstallSnapshot: rpc.reader points to `reader`. */
+    craft_reader_t reader;
+    pthread_mutex_t reader_mu;
+    craft_reader_t *source; /* the caller's; NULL when req.size == 0 */
+    bool reader_live;       /* false once the caller returned */
+    int64_t remaining;
+};
+
+/* ------------------------------------------------------------------------ */
+/* Small helpers                                                             */
+/* ------------------------------------------------------------------------ */
+
+static int cond_init_monotonic(pthread_cond_t *c)
+{
+    pthread_condattr_t attr;
+    if (pthread_condattr_init(&attr) != 0) {
+        return CRAFT_ENOMEM;
+    }
+    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
+    int rv = pthread_cond_init(c, &attr);
+    pthread_condattr_destroy(&attr);
+    return rv == 0 ? 0 : CRAFT_ENOMEM;
+}
+
+static struct timespec deadline_after(int64_t ms)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    ts.tv_sec += (time_t)(ms / 1000);
+    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
+    if (ts.tv_nsec >= 1000000000L) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000L;
+    }
+    return ts;
+}
+
+/* Appends `x` to a pointer array; false on allocation failure. */
+static bool ptr_push(void ***arr, size_t *n, size_t *cap, void *x)
+{
+    if (*n == *cap) {
+        size_t c = *cap == 0 ? 4 : *cap * 2;
+        void **p = realloc(*arr, c * sizeof *p);
+        if (p == NULL) {
+            return false;
+        }
+        *arr = p;
+        *cap = c;
+    }
+    (*arr)[(*n)++] = x;
+    return true;
+}
+
+static void ptr_remove(void **arr, size_t *n, const void *x)
+{
+    for (size_t i = 0; i < *n; i++) {
+        if (arr[i] == x) {
+            arr[i] = arr[--*n];
+            return;
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Deep copy of requests into one allocation                                */
+/* ------------------------------------------------------------------------ */
+
+/* A bump allocator run twice: once with base == NULL to measure, once to
+ * copy. Both passes make the same calls, so offsets agree. */
+typedef struct bump {
+    char *base;
+    size_t off;
+} bump_t;
+
+static void *bump_alloc(bump_t *b, size_t n, size_t align)
+{
+    b->off = (b->off + align - 1) & ~(align - 1);
+    void *p = b->base != NULL ? b->base + b->off : NULL;
+    b->off += n;
+    return p;
+}
+
+static const char *bump_str(bump_t *b, const char *s)
+{
+    if (s == NULL) {
+        return NULL;
+    }
+    size_t n = strlen(s) + 1;
+    char *p = bump_alloc(b, n, 1);
+    if (p != NULL) {
+        memcpy(p, s, n);
+    }
+    return p;
+}
+
+static const void *bump_bytes(bump_t *b, const void *src, size_t n)
+{
+    if (n == 0) {
+        return NULL;
+    }
+    void *p = bump_alloc(b, n, 1);
+    if (p != NULL) {
+        memcpy(p, src, n);
+    }
+    return p;
+}
+
+static void copy_header(bump_t *b, craft_rpc_header_t *dst,
+                        const craft_rpc_header_t *src)
+{
+    dst->protocol_version = src->protocol_version;
+    dst->id = bump_str(b, src->id);
+    dst->addr = bump_str(b, src->addr);
+}
+
+static void copy_ae(bump_t *b, craft_append_entries_req_t *dst,
+                    const craft_append_entries_req_t *src)
+{
+    *dst = *src;
+    copy_header(b, &dst->header, &src->header);
+    dst->leader = bump_str(b, src->leader);
+    craft_log_t *es = NULL;
+    if (src->n_entries > 0) {
+        es = bump_alloc(b, src->n_entries * sizeof *es, alignof(craft_log_t));
+    }
+    for (size_t i = 0; i < src->n_entries; i++) {
+        const craft_log_t *e = &src->entries[i];
+        const void *data = bump_bytes(b, e->data, e->len);
+        const void *ext = bump_bytes(b, e->ext, e->ext_len);
+        if (es != NULL) {
+            es[i] = *e;
+            es[i].data = data;
+            es[i].ext = ext;
+        }
+    }
+    dst->entries = es;
+}
+
+static void copy_is(bump_t *b, craft_install_snapshot_req_t *dst,
+                    const craft_install_snapshot_req_t *src)
+{
+    *dst = *src;
+    copy_header(b, &dst->header, &src->header);
+    dst->leader = bump_str(b, src->leader);
+    craft_server_t *ss = NULL;
+    if (src->configuration.n > 0) {
+        ss = bump_alloc(b, src->configuration.n * sizeof *ss,
+                        alignof(craft_server_t));
+    }
+    for (size_t i = 0; i < src->configuration.n; i++) {
+        const craft_server_t *s = &src->configuration.servers[i];
+        const char *id = bump_str(b, s->id);
+        const char *address = bump_str(b, s->address);
+        if (ss != NULL) {
+            ss[i].suffrage = s->suffrage;
+            ss[i].id = (char *)id;
+            ss[i].address = (char *)address;
+        }
+    }
+    dst->configuration.servers = ss;
+}
+
+/* Copies request `src` of `type` into `dst` (the matching union member of a
+ * craft_rpc_t, or a bare craft_append_entries_req_t). */
+static void copy_req(bump_t *b, craft_rpc_type_t type, void *dst,
+                     const void *src)
+{
+    switch (type) {
+    case CRAFT_RPC_APPEND_ENTRIES:
+        copy_ae(b, dst, src);
+        break;
+    case CRAFT_RPC_REQUEST_VOTE: {
+        craft_request_vote_req_t *d = dst;
+        const craft_request_vote_req_t *s = src;
+        *d = *s;
+        copy_header(b, &d->header, &s->header);
+        d->candidate = bump_str(b, s->candidate);
+        break;
+    }
+    case CRAFT_RPC_REQUEST_PREVOTE: {
+        craft_request_prevote_req_t *d = dst;
+        const craft_request_prevote_req_t *s = src;
+        *d = *s;
+        copy_header(b, &d->header, &s->header);
+        break;
+    }
+    case CRAFT_RPC_INSTALL_SNAPSHOT:
+        copy_is(b, dst, src);
+        break;
+    case CRAFT_RPC_TIMEOUT_NOW: {
+        craft_timeout_now_req_t *d = dst;
+        const craft_timeout_now_req_t *s = src;
+        *d = *s;
+        copy_header(b, &d->header, &s->header);
+        break;
+    }
+    }
+}
+
+/* Deep-copies `src` into `dst`; *arena (malloc'd) holds every pointed-to
+ * byte and is freed by the owner of `dst`. Returns 0 or CRAFT_ENOMEM. */
+static int deep_copy(craft_rpc_type_t type, void *dst, const void *src,
+                     void **arena)
+{
+    bump_t b = {NULL, 0};
+    copy_req(&b, type, dst, src);
+    b.base = malloc(b.off > 0 ? b.off : 1);
+    if (b.base == NULL) {
+        return CRAFT_ENOMEM;
+    }
+    b.off = 0;
+    copy_req(&b, type, dst, src);
+    *arena = b.base;
+    return 0;
+}
+
+/* Rejects requests whose pointers and lengths disagree. */
+static int validate_req(craft_rpc_type_t type, const void *req,
+                        const craft_reader_t *data)
+{
+    if (req == NULL) {
+        return CRAFT_EINVAL;
+    }
+    if (type == CRAFT_RPC_APPEND_ENTRIES) {
+        const craft_append_entries_req_t *ae = req;
+        if (ae->n_entries > 0 && ae->entries == NULL) {
+            return CRAFT_EINVAL;
+        }
+        for (size_t i = 0; i < ae->n_entries; i++) {
+            const craft_log_t *e = &ae->entries[i];
+            if ((e->len > 0 && e->data == NULL) ||
+                (e->ext_len > 0 && e->ext == NULL)) {
+                return CRAFT_EINVAL;
+            }
+        }
+    } else if (type == CRAFT_RPC_INSTALL_SNAPSHOT) {
+        const craft_install_snapshot_req_t *is = req;
+        if (is->size < 0 || (is->size > 0 && data == NULL) ||
+            (is->configuration.n > 0 && is->configuration.servers == NULL)) {
+            return CRAFT_EINVAL;
+        }
+        if (data != NULL && data->read == NULL) {
+            return CRAFT_EINVAL;
+        }
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Transport references, interning                                          */
+/* ------------------------------------------------------------------------ */
+
+static void transport_ref(inmem_transport_t *t)
+{
+    atomic_fetch_add_explicit(&t->refs, 1, memory_order_relaxed);
+}
+
+static void transport_unref(inmem_transport_t *t)
+{
+    if (atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) != 1) {
+        return;
+    }
+    for (size_t i = 0; i < t->n_interned; i++) {
+        free(t->interned[i]);
+    }
+    free(t->interned);
+    free(t->peers);
+    free(t->sources);
+    free(t->addr);
+    pthread_mutex_destroy(&t->intern_mu);
+    pthread_cond_destroy(&t->handlers_idle);
+    pthread_mutex_destroy(&t->mu);
+    free(t);
+}
+
+/* A copy of `s` owned by `t` and valid until `t` is freed; NULL when `s` is
+ * NULL or on allocation failure (headers may carry NULL strings). */
+static const char *intern(inmem_transport_t *t, const char *s)
+{
+    if (s == NULL) {
+        return NULL;
+    }
+    const char *out = NULL;
+    pthread_mutex_lock(&t->intern_mu);
+    for (size_t i = 0; i < t->n_interned; i++) {
+        if (strcmp(t->interned[i], s) == 0) {
+            out = t->interned[i];
+            goto done;
+        }
+    }
+    char *copy = strdup(s);
+    if (copy == NULL) {
+        goto done;
+    }
+    if (!ptr_push((void ***)&t->interned, &t->n_interned, &t->cap_interned,
+                  copy)) {
+        free(copy);
+        goto done;
+    }
+    out = copy;
+done:
+    pthread_mutex_unlock(&t->intern_mu);
+    return out;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Calls                                                                     */
+/* ------------------------------------------------------------------------ */
+
+static craft_rpc_header_t *resp_header(craft_rpc_t *rpc)
+{
+    switch (rpc->type) {
+    case CRAFT_RPC_APPEND_ENTRIES:
+        return &rpc->resp.append_entries.header;
+    case CRAFT_RPC_REQUEST_VOTE:
+        return &rpc->resp.request_vote.header;
+    case CRAFT_RPC_REQUEST_PREVOTE:
+        return &rpc->resp.request_prevote.header;
+    case CRAFT_RPC_INSTALL_SNAPSHOT:
+        return &rpc->resp.install_snapshot.header;
+    case CRAFT_RPC_TIMEOUT_NOW:
+        return &rpc->resp.timeout_now.header;
+    }
+    return NULL;
+}
+
+static void copy_resp_out(const craft_rpc_t *rpc, void *resp)
+{
+    switch (rpc->type) {
+    case CRAFT_RPC_APPEND_ENTRIES:
+        memcpy(resp, &rpc->resp.append_entries, sizeof rpc->resp.append_entries);
+        break;
+    case CRAFT_RPC_REQUEST_VOTE:
+        memcpy(resp, &rpc->resp.request_vote, sizeof rpc->resp.request_vote);
+        break;
+    case CRAFT_RPC_REQUEST_PREVOTE:
+        memcpy(resp, &rpc->resp.request_prevote, sizeof rpc->resp.request_prevote);
+        break;
+    case CRAFT_RPC_INSTALL_SNAPSHOT:
+        memcpy(resp, &rpc->resp.install_snapshot,
+               sizeof rpc->resp.install_snapshot);
+        break;
+    case CRAFT_RPC_TIMEOUT_NOW:
+        memcpy(resp, &rpc->resp.timeout_now, sizeof rpc->resp.timeout_now);
+        break;
+    }
+}
+
+static void call_unref(call_t *c)
+{
+    if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) != 1) {
+        return;
+    }
+    free(c->arena);
+    pthread_mutex_destroy(&c->reader_mu);
+    pthread_cond_destroy(&c->cond);
+    pthread_mutex_destroy(&c->mu);
+    transport_unref(c->origin);
+    free(c);
+}
+
+/* rpc->respond: the consumer hands the rpc back. */
+static void call_respond(craft_rpc_t *rpc, int err)
+{
+    call_t *c = (call_t *)rpc;
+    if (err == 0) {
+        /* The consumer may free its strings once respond returns. */
+        craft_rpc_header_t *h = resp_header(rpc);
+        if (h != NULL) {
+            h->id = intern(c->origin, h->id);
+            h->addr = intern(c->origin, h->addr);
+        }
+    }
+    pthread_mutex_lock(&c->mu);
+    if (c->responded) { /* a second respond breaks the contract: ignore it */
+        pthread_mutex_unlock(&c->mu);
+        return;
+    }
+    c->responded = true;
+    c->err = err;
+    pthread_cond_signal(&c->cond);
+    pthread_mutex_unlock(&c->mu);
+    call_unref(c);
+}
+
+/* reader->read for InstallSnapshot: the caller's stream, cut to
+ * req.size bytes, and dead once the caller returned. */
+static int64_t call_reader_read(void *ctx, void *buf, size_t len)
+{
+    call_t *c = ctx;
+    if (buf == NULL || len == 0) {
+        return CRAFT_EINVAL;
+    }
+    int64_t n;
+    pthread_mutex_lock(&c->reader_mu);
+    if (!c->reader_live) {
+        n = CRAFT_ECLOSED;
+    } else if (c->remaining == 0) {
+        n = 0;
+    } else {
+        if ((uint64_t)len > (uint64_t)c->remaining) {
+            len = (size_t)c->remaining;
+        }
+        n = c->source->read(c->source->ctx, buf, len);
+        if (n == 0) {
+            n = CRAFT_EIO; /* the stream ended before req.size bytes */
+        } else if (n > (int64_t)len) {
+            n = CRAFT_EPROTOCOL; /* a broken reader */
+        } else if (n > 0) {
+            c->remaining -= n;
+        }
+    }
+    pthread_mutex_unlock(&c->reader_mu);
+    return n;
+}
+
+static void call_reader_close(void *ctx)
+{
+    (void)ctx; /* the caller owns and closes its reader */
+}
+
+static call_t *call_new(inmem_transport_t *origin, craft_rpc_type_t type,
+                        const void *req, craft_reader_t *data)
+{
+    call_t *c = calloc(1, sizeof *c);
+    if (c == NULL) {
+        return NULL;
+    }
+    if (pthread_mutex_init(&c->mu, NULL) != 0) {
+        goto err_after_alloc;
+    }
+    if (cond_init_monotonic(&c->cond) != 0) {
+        goto err_after_mu;
+    }
+    if (pthread_mutex_init(&c->reader_mu, NULL) != 0) {
+        goto err_after_cond;
+    }
+    c->rpc.type = type;
+    if (deep_copy(type, &c->rpc.req, req, &c->arena) != 0) {
+        goto err_after_reader_mu;
+    }
+    c->rpc.respond = call_respond;
+    c->rpc.transport_data = c;
+    if (type == CRAFT_RPC_INSTALL_SNAPSHOT) {
+        c->source = data;
+        c->reader_live = true;
+        c->remaining = ((const craft_install_snapshot_req_t *)req)->size;
+        c->reader.ctx = c;
+        c->reader.read = call_reader_read;
+        c->reader.close = call_reader_close;
+        c->rpc.reader = &c->reader;
+    }
+    atomic_init(&c->refs, 1);
+    transport_ref(origin);
+    c->origin = origin;
+    return c;
+
+err_after_reader_mu:
+    pthread_mutex_destroy(&c->reader_mu);
+err_after_cond:
+    pthread_cond_destroy(&c->cond);
+err_after_mu:
+    pthread_mutex_destroy(&c->mu);
+err_after_alloc:
+    free(c);
+    return NULL;
+}
+
+static void call_cancel(call_t *c)
+{
+    pthread_mutex_lock(&c->mu);
+    c->cancelled = true;
+    pthread_cond_signal(&c->cond);
+    pthread_mutex_unlock(&c->mu);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Handlers                                                                  */
+/* ------------------------------------------------------------------------ */
+
+static void handler_set(inmem_transport_t *t, handler_slot_t *h,
+                        craft_rpc_handler_fn fn, void *arg)
+{
+    pthread_mutex_lock(&t->mu);
+    /* A previous set may still be draining its predecessor: let it finish
+     * so that active_old only ever counts one older generation. */
+    while (h->active_old > 0) {
+        pthread_cond_wait(&t->handlers_idle, &t->mu);
+    }
+    h->active_old = h->active_cur;
+    h->active_cur = 0;
+    h->gen++;
+    h->fn = fn;
+    h->arg = arg;
+    while (h->active_old > 0) {
+        pthread_cond_wait(&t->handlers_idle, &t->mu);
+    }
+    pthread_mutex_unlock(&t->mu);
+}
+
+/* Hands `c` to a handler of `peer`. Returns CRAFT_EUNREACHABLE when none is
+ * installed. On success the consumer owns one reference of `c`. */
+static int dispatch(inmem_transport_t *peer, call_t *c)
+{
+    pthread_mutex_lock(&peer->mu);
+    handler_slot_t *h = NULL;
+    if (!peer->closed) {
+        if (c->rpc.type == CRAFT_RPC_APPEND_ENTRIES &&
+            c->rpc.req.append_entries.n_entries == 0 &&
+            peer->hb_handler.fn != NULL) {
+            h = &peer->hb_handler;
+        } else if (peer->rpc_handler.fn != NULL) {
+            h = &peer->rpc_handler;
+        }
+    }
+    if (h == NULL) {
+        pthread_mutex_unlock(&peer->mu);
+        return CRAFT_EUNREACHABLE;
+    }
+    craft_rpc_handler_fn fn = h->fn;
+    void *arg = h->arg;
+    uint64_t gen = h->gen;
+    h->active_cur++;
+    pthread_mutex_unlock(&peer->mu);
+
+    atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+    fn(arg, &c->rpc);
+
+    pthread_mutex_lock(&peer->mu);
+    if (gen == h->gen) {
+        h->active_cur--;
+    } else {
+        h->active_old--;
+    }
+    pthread_cond_broadcast(&peer->handlers_idle);
+    pthread_mutex_unlock(&peer->mu);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Synchronous RPC                                                           */
+/* ------------------------------------------------------------------------ */
+
+struct pipeline {
+    craft_pipeline_t iface;
+    inmem_transport_t *t; /* referenced */
+    char *target;
+
+    pthread_mutex_t mu;
+    pthread_cond_t cond;
+    struct pl_item *head; /* unconsumed requests, oldest first */
+    struct pl_item *tail;
+    struct pl_item *next_to_send;
+    size_t n_items;
+    bool closed;
+    call_t *inflight; /* the worker's call, so close can cancel it */
+    pthread_t worker;
+
+    pipeline_t *prev; /* in t->pipelines, under t->mu */
+    pipeline_t *next;
+};
+
+static inmem_transport_t *peer_lookup(inmem_transport_t *t, const char *target)
+{
+    inmem_transport_t *peer = NULL;
+    pthread_mutex_lock(&topology_mu);
+    for (size_t i = 0; i < t->n_peers; i++) {
+        if (strcmp(t->peers[i]->addr, target) == 0) {
+            peer = t->peers[i];
+            transport_ref(peer);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&topology_mu);
+    return peer;
+}
+
+/* Performs one RPC from `t` to `target` and waits for its answer. `p` is
+ * the pipeline sending it, or NULL. `req` and `data` are borrowed for the
+ * call; on success `resp` (of the type matching `type`) is filled and its
+ * header strings stay valid while `t` lives. */
+static int transport_rpc(inmem_transport_t *t, const char *target,
+                         craft_rpc_type_t type, const void *req, void *resp,
+                         craft_reader_t *data, int64_t timeout_ms,
+                         pipeline_t *p)
+{
+    if (target == NULL || resp == NULL) {
+        return CRAFT_EINVAL;
+    }
+    int rv = validate_req(type, req, data);
+    if (rv != 0) {
+        return rv;
+    }
+    struct timespec deadline = deadline_after(timeout_ms);
+    call_t *c = call_new(t, type, req, data);
+    if (c == NULL) {
+        return CRAFT_ENOMEM;
+    }
+
+    /* Register, so that closing the transport or pipeline cancels us. */
+    pthread_mutex_lock(&t->mu);
+    if (t->closed) {
+        pthread_mutex_unlock(&t->mu);
+        call_unref(c);
+        return CRAFT_ECLOSED;
+    }
+    c->next = t->calls;
+    if (t->calls != NULL) {
+        t->calls->prev = c;
+    }
+    t->calls = c;
+    pthread_mutex_unlock(&t->mu);
+    if (p != NULL) {
+        pthread_mutex_lock(&p->mu);
+        if (p->closed) {
+            call_cancel(c);
+        } else {
+            p->inflight = c;
+        }
+        pthread_mutex_unlock(&p->mu);
+    }
+
+    pthread_mutex_lock(&c->mu);
+    bool cancelled = c->cancelled;
+    pthread_mutex_unlock(&c->mu);
+    if (cancelled) {
+        rv = CRAFT_ECLOSED;
+        goto out;
+    }
+    inmem_transport_t *peer = peer_lookup(t, target);
+    if (peer == NULL) {
+        rv = CRAFT_EUNREACHABLE;
+        goto out;
+    }
+    rv = dispatch(peer, c);
+    transport_unref(peer);
+    if (rv != 0) {
+        goto out;
+    }
+
+    pthread_mutex_lock(&c->mu);
+    while (!c->responded && !c->cancelled) {
+        if (pthread_cond_timedwait(&c->cond, &c->mu, &deadline) == ETIMEDOUT) {
+            break;
+        }
+    }
+    if (c->responded) {
+        rv = c->err;
+        if (rv == 0) {
+            copy_resp_out(&c->rpc, resp);
+        }
+    } else if (c->cancelled) {
+        rv = CRAFT_ECLOSED;
+    } else {
+        rv = CRAFT_ETIMEDOUT;
+    }
+    pthread_mutex_unlock(&c->mu);
+
+out:
+    if (type == CRAFT_RPC_INSTALL_SNAPSHOT) {
+        /* From now on the consumer's reads fail instead of touching `data`,
+         * which the caller may free as soon as we return. Waits for a read
+         * in progress. */
+        pthread_mutex_lock(&c->reader_mu);
+        c->reader_live = false;
+        c->source = NULL;
+        pthread_mutex_unlock(&c->reader_mu);
+    }
+    if (p != NULL) {
+        pthread_mutex_lock(&p->mu);
+        p->inflight = NULL;
+        pthread_mutex_unlock(&p->mu);
+    }
+    pthread_mutex_lock(&t->mu);
+    if (c->prev != NULL) {
+        c->prev->next = c->next;
+    } else {
+        t->calls = c->next;
+    }
+    if (c->next != NULL) {
+        c->next->prev = c->prev;
+    }
+    pthread_mutex_unlock(&t->mu);
+    call_unref(c);
+    return rv;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Pipeline                                                                  */
+/* ------------------------------------------------------------------------ */
+
+typedef enum { PL_QUEUED, PL_SENDING, PL_DONE } pl_state_t;
+
+typedef struct pl_item {
+    craft_append_entries_req_t req; /* deep copy, pointing into arena */
+    void *arena;
+    void *tag;
+    pl_state_t state;
+    bool abandoned; /* popped after close while the worker still sends it */
+    int err;
+    craft_append_entries_resp_t resp;
+    struct pl_item *next;
+} pl_item_t;
+
+static void pl_item_free(pl_item_t *it)
+{
+    free(it->arena);
+    free(it);
+}
+
+static void *pipeline_worker(void *arg)
+{
+    pipeline_t *p = arg;
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        while (!p->closed && p->next_to_send == NULL) {
+            pthread_cond_wait(&p->cond, &p->mu);
+        }
+        if (p->closed) {
+            break; /* unsent requests are answered CRAFT_ECLOSED by next_response */
+        }
+        pl_item_t *it = p->next_to_send;
+        p->next_to_send = it->next;
+        it->state = PL_SENDING;
+        pthread_mutex_unlock(&p->mu);
+
+        craft_append_entries_resp_t resp;
+        memset(&resp, 0, sizeof resp);
+        int err = transport_rpc(p->t, p->target, CRAFT_RPC_APPEND_ENTRIES,
+                                &it->req, &resp, NULL, p->t->timeout_ms, p);
+
+        pthread_mutex_lock(&p->mu);
+        if (it->abandoned) {
+            pl_item_free(it);
+        } else {
+            it->err = err;
+            it->resp = resp;
+            it->state = PL_DONE;
+        }
+        pthread_cond_broadcast(&p->cond);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+static int pipeline_append_entries(void *ctx, const craft_append_entries_req_t *req,
+                                   void *tag)
+{
+    pipeline_t *p = ctx;
+    int rv = validate_req(CRAFT_RPC_APPEND_ENTRIES, req, NULL);
+    if (rv != 0) {
+        return rv;
+    }
+    pl_item_t *it = calloc(1, sizeof *it);
+    if (it == NULL) {
+        return CRAFT_ENOMEM;
+    }
+    rv = deep_copy(CRAFT_RPC_APPEND_ENTRIES, &it->req, req, &it->arena);
+    if (rv != 0) {
+        free(it);
+        return rv;
+    }
+    it->tag = tag;
+    it->state = PL_QUEUED;
+
+    pthread_mutex_lock(&p->mu);
+    while (!p->closed && p->n_items >= PIPELINE_WINDOW) {
+        pthread_cond_wait(&p->cond, &p->mu);
+    }
+    if (p->closed) {
+        pthread_mutex_unlock(&p->mu);
+        pl_item_free(it);
+        return CRAFT_ECLOSED;
+    }
+    if (p->tail != NULL) {
+        p->tail->next = it;
+    } else {
+        p->head = it;
+    }
+    p->tail = it;
+    if (p->next_to_send == NULL) {
+        p->next_to_send = it;
+    }
+    p->n_items++;
+    pthread_cond_broadcast(&p->cond);
+    pthread_mutex_unlock(&p->mu);
+    return 0;
+}
+
+/* Removes the oldest item; called with p->mu held. */
+static pl_item_t *pipeline_pop(pipeline_t *p)
+{
+    pl_item_t *it = p->head;
+    p->head = it->next;
+    if (p->head == NULL) {
+        p->tail = NULL;
+    }
+    p->n_items--;
+    pthread_cond_broadcast(&p->cond); /* room in the window */
+    return it;
+}
+
+static int pipeline_next_response(void *ctx, craft_append_entries_resp_t *resp,
+                                  void **tag)
+{
+    pipeline_t *p = ctx;
+    if (resp == NULL || tag == NULL) {
+        return CRAFT_EINVAL;
+    }
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        if (p->closed) {
+            /* Closed: drain the remaining requests, in order, as failed
+             * (their tags come back so the consumer can release them),
+             * then CRAFT_ECLOSED with *tag = NULL forever. */
+            if (p->head == NULL) {
+                *tag = NULL;
+                break;
+            }
+            pl_item_t *it = pipeline_pop(p);
+            if (p->next_to_send == it) {
+                p->next_to_send = it->next;
+            }
+            *tag = it->tag;
+            if (it->state == PL_SENDING) {
+                it->abandoned = true; /* the worker frees it */
+            } else {
+                pl_item_free(it);
+            }
+            break;
+        }
+        if (p->head != NULL && p->head->state == PL_DONE) {
+            pl_item_t *it = pipeline_pop(p);
+            int err = it->err;
+            *tag = it->tag;
+            if (err == 0) {
+                *resp = it->resp;
+            }
+            pl_item_free(it);
+            pthread_mutex_unlock(&p->mu);
+            return err;
+        }
+        pthread_cond_wait(&p->cond, &p->mu);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return CRAFT_ECLOSED;
+}
+
+static void pipeline_close(void *ctx)
+{
+    pipeline_t *p = ctx;
+    pthread_mutex_lock(&p->mu);
+    if (!p->closed) {
+        p->closed = true;
+        if (p->inflight != NULL) {
+            call_cancel(p->inflight);
+        }
+        pthread_cond_broadcast(&p->cond);
+    }
+    pthread_mutex_unlock(&p->mu);
+}
+
+static void pipeline_free(void *ctx)
+{
+    pipeline_t *p = ctx;
+    if (p == NULL) {
+        return;
+    }
+    pipeline_close(p); /* the contract asks for close first; be lenient */
+    pthread_join(p->worker, NULL);
+
+    inmem_transport_t *t = p->t;
+    pthread_mutex_lock(&t->mu);
+    if (p->prev != NULL) {
+        p->prev->next = p->next;
+    } else {
+        t->pipelines = p->next;
+    }
+    if (p->next != NULL) {
+        p->next->prev = p->prev;
+    }
+    pthread_mutex_unlock(&t->mu);
+
+    while (p->head != NULL) { /* none is PL_SENDING: the worker is gone */
+        pl_item_free(pipeline_pop(p));
+    }
+    free(p->target);
+    pthread_cond_destroy(&p->cond);
+    pthread_mutex_destroy(&p->mu);
+    free(p);
+    transport_unref(t);
+}
+
+static int transport_append_entries_pipeline(void *ctx, const char *id,
+                                             const char *target,
+                                             craft_pipeline_t **out)
+{
+    inmem_transport_t *t = ctx;
+    (void)id;
+    if (target == NULL || out == NULL) {
+        return CRAFT_EINVAL;
+    }
+    /* Like hashicorp's InmemTransport, refuse a pipeline to a peer we are
+     * not connected to. */
+    inmem_transport_t *peer = peer_lookup(t, target);
+    if (peer == NULL) {
+        return CRAFT_EUNREACHABLE;
+    }
+    transport_unref(peer);
+
+    pipeline_t *p = calloc(1, sizeof *p);
+    if (p == NULL) {
+        return CRAFT_ENOMEM;
+    }
+    p->target = strdup(target);
+    if (p->target == NULL) {
+        goto err_after_alloc;
+    }
+    if (pthread_mutex_init(&p->mu, NULL) != 0) {
+        goto err_after_target;
+    }
+    if (pthread_cond_init(&p->cond, NULL) != 0) {
+        goto err_after_mu;
+    }
+    p->iface.ctx = p;
+    p->iface.append_entries = pipeline_append_entries;
+    p->iface.next_response = pipeline_next_response;
+    p->iface.close = pipeline_close;
+    p->iface.free = pipeline_free;
+    transport_ref(t);
+    p->t = t;
+
+    pthread_mutex_lock(&t->mu);
+    if (t->closed) {
+        pthread_mutex_unlock(&t->mu);
+        transport_unref(t);
+        pthread_cond_destroy(&p->cond);
+        pthread_mutex_destroy(&p->mu);
+        free(p->target);
+        free(p);
+        return CRAFT_ECLOSED;
+    }
+    if (pthread_create(&p->worker, NULL, pipeline_worker, p) != 0) {
+        pthread_mutex_unlock(&t->mu);
+        transport_unref(t);
+        goto err_after_cond;
+    }
+    p->next = t->pipelines;
+    if (t->pipelines != NULL) {
+        t->pipelines->prev = p;
+    }
+    t->pipelines = p;
+    pthread_mutex_unlock(&t->mu);
+    *out = &p->iface;
+    return 0;
+
+err_after_cond:
+    pthread_cond_destroy(&p->cond);
+err_after_mu:
+    pthread_mutex_destroy(&p->mu);
+err_after_target:
+    free(p->target);
+err_after_alloc:
+    free(p);
+    return CRAFT_ENOMEM;
+}
+
+/* ------------------------------------------------------------------------ */
+/* The transport vtable                                                      */
+/* ------------------------------------------------------------------------ */
+
+static void transport_set_rpc_handler(void *ctx, craft_rpc_handler_fn fn,
+                                      void *arg)
+{
+    inmem_transport_t *t = ctx;
+    handler_set(t, &t->rpc_handler, fn, arg);
+}
+
+static void transport_set_heartbeat_handler(void *ctx, craft_rpc_handler_fn fn,
+                                            void *arg)
+{
+    inmem_transport_t *t = ctx;
+    handler_set(t, &t->hb_handler, fn, arg);
+}
+
+static const char *transport_local_addr(void *ctx)
+{
+    inmem_transport_t *t = ctx;
+    return t->addr;
+}
+
+static int transport_append_entries(void *ctx, const char *id,
+                                    const char *target,
+                                    const craft_append_entries_req_t *req,
+                                    craft_append_entries_resp_t *resp)
+{
+    inmem_transport_t *t = ctx;
+    (void)id;
+    return transport_rpc(t, target, CRAFT_RPC_APPEND_ENTRIES, req, resp, NULL,
+                         t->timeout_ms, NULL);
+}
+
+static int transport_request_vote(void *ctx, const char *id, const char *target,
+                                  const craft_request_vote_req_t *req,
+                                  craft_request_vote_resp_t *resp)
+{
+    inmem_transport_t *t = ctx;
+    (void)id;
+    return transport_rpc(t, target, CRAFT_RPC_REQUEST_VOTE, req, resp, NULL,
+                         t->timeout_ms, NULL);
+}
+
+static int transport_request_prevote(void *ctx, const char *id,
+                                     const char *target,
+                                     const craft_request_prevote_req_t *req,
+                                     craft_request_prevote_resp_t *resp)
+{
+    inmem_transport_t *t = ctx;
+    (void)id;
+    return transport_rpc(t, target, CRAFT_RPC_REQUEST_PREVOTE, req, resp, NULL,
+                         t->timeout_ms, NULL);
+}
+
+static int transport_install_snapshot(void *ctx, const char *id,
+                                      const char *target,
+                                      const craft_install_snapshot_req_t *req,
+                                      craft_install_snapshot_resp_t *resp,
+                                      craft_reader_t *data)
+{
+    inmem_transport_t *t = ctx;
+    (void)id;
+    return transport_rpc(t, target, CRAFT_RPC_INSTALL_SNAPSHOT, req, resp, data,
+                         t->timeout_ms * LONG_RPC_FACTOR, NULL);
+}
+
+static int transport_timeout_now(void *ctx, const char *id, const char *target,
+                                 const craft_timeout_now_req_t *req,
+                                 craft_timeout_now_resp_t *resp)
+{
+    inmem_transport_t *t = ctx;
+    (void)id;
+    return transport_rpc(t, target, CRAFT_RPC_TIMEOUT_NOW, req, resp, NULL,
+                         t->timeout_ms * LONG_RPC_FACTOR, NULL);
+}
+
+/* Removes every link from and to `t`. Called with topology_mu held. */
+static void unlink_all(inmem_transport_t *t)
+{
+    for (size_t i = 0; i < t->n_peers; i++) {
+        inmem_transport_t *peer = t->peers[i];
+        ptr_remove((void **)peer->sources, &peer->n_sources, t);
+    }
+    t->n_peers = 0;
+    for (size_t i = 0; i < t->n_sources; i++) {
+        inmem_transport_t *src = t->sources[i];
+        ptr_remove((void **)src->peers, &src->n_peers, t);
+    }
+    t->n_sources = 0;
+}
+
+static void transport_close(void *ctx)
+{
+    inmem_transport_t *t = ctx;
+    if (t == NULL) {
+        return;
+    }
+    /* Nobody can reach us, and we reach nobody. */
+    pthread_mutex_lock(&topology_mu);
+    unlink_all(t);
+    pthread_mutex_unlock(&topology_mu);
+
+    /* No new calls or handler invocations; outgoing calls and pipelines
+     * fail with CRAFT_ECLOSED. */
+    pthread_mutex_lock(&t->mu);
+    t->closed = true;
+    for (call_t *c = t->calls; c != NULL; c = c->next) {
+        call_cancel(c);
+    }
+    for (pipeline_t *p = t->pipelines; p != NULL; p = p->next) {
+        pipeline_close(p);
+    }
+    pthread_mutex_unlock(&t->mu);
+
+    /* Wait for handler invocations in progress. */
+    handler_set(t, &t->rpc_handler, NULL, NULL);
+    handler_set(t, &t->hb_handler, NULL, NULL);
+
+    /* Calls still returning, unanswered rpcs and unfreed pipelines hold
+     * their own references. */
+    transport_unref(t);
+}
+
+int craft_inmem_transport_new_with_timeout(const char *addr, int64_t timeout_ms,
+                                           craft_transport_t **out)
+{
+    if (addr == NULL || out == NULL || timeout_ms <= 0 ||
+        timeout_ms > INT64_MAX / 1000 / LONG_RPC_FACTOR) {
+        return CRAFT_EINVAL;
+    }
+    inmem_transport_t *t = calloc(1, sizeof *t);
+    if (t == NULL) {
+        return CRAFT_ENOMEM;
+    }
+    t->addr = strdup(addr);
+    if (t->addr == NULL) {
+        goto err_after_alloc;
+    }
+    if (pthread_mutex_init(&t->mu, NULL) != 0) {
+        goto err_after_addr;
+    }
+    if (pthread_cond_init(&t->handlers_idle, NULL) != 0) {
+        goto err_after_mu;
+    }
+    if (pthread_mutex_init(&t->intern_mu, NULL) != 0) {
+        goto err_after_cond;
+    }
+    t->timeout_ms = timeout_ms;
+    atomic_init(&t->refs, 1);
+    t->iface.ctx = t;
+    t->iface.set_rpc_handler = transport_set_rpc_handler;
+    t->iface.set_heartbeat_handler = transport_set_heartbeat_handler;
+    t->iface.local_addr = transport_local_addr;
+    t->iface.append_entries = transport_append_entries;
+    t->iface.request_vote = transport_request_vote;
+    t->iface.request_prevote = transport_request_prevote;
+    t->iface.install_snapshot = transport_install_snapshot;
+    t->iface.timeout_now = transport_timeout_now;
+    t->iface.append_entries_pipeline = transport_append_entries_pipeline;
+    t->iface.close = transport_close;
+    *out = &t->iface;
+    return 0;
+
+err_after_cond:
+    pthread_cond_destroy(&t->handlers_idle);
+err_after_mu:
+    pthread_mutex_destroy(&t->mu);
+err_after_addr:
+    free(t->addr);
+err_after_alloc:
+    free(t);
+    return CRAFT_ENOMEM;
+}
+
+int craft_inmem_transport_new(const char *addr, craft_transport_t **out)
+{
+    return craft_inmem_transport_new_with_timeout(addr, DEFAULT_TIMEOUT_MS, out);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Topology                                                                  */
+/* ------------------------------------------------------------------------ */
+
+void craft_inmem_transport_connect(craft_transport_t *a, craft_transport_t *b)
+{
+    if (a == NULL || b == NULL) {
+        return;
+    }
+    inmem_transport_t *ta = a->ctx;
+    inmem_transport_t *tb = b->ctx;
+    pthread_mutex_lock(&topology_mu);
+    for (size_t i = 0; i < ta->n_peers; i++) {
+        inmem_transport_t *old = ta->peers[i];
+        if (old == tb) {
+            goto out; /* already connected */
+        }
+        if (strcmp(old->addr, tb->addr) == 0) {
+            /* Addresses are keys (hashicorp's map): the newer transport at
+             * this address replaces the older one. */
+            ptr_remove((void **)ta->peers, &ta->n_peers, old);
+            ptr_remove((void **)old->sources, &old->n_sources, ta);
+            break;
+        }
+    }
+    /* The header gives connect no error return: on allocation failure the
+     * link is not made and RPCs keep failing with CRAFT_EUNREACHABLE. */
+    if (!ptr_push((void ***)&ta->peers, &ta->n_peers, &ta->cap_peers, tb)) {
+        goto out;
+    }
+    if (!ptr_push((void ***)&tb->sources, &tb->n_sources, &tb->cap_sources, ta)) {
+        ta->n_peers--;
+    }
+out:
+    pthread_mutex_unlock(&topology_mu);
+}
+
+void craft_inmem_transport_disconnect(craft_transport_t *a, craft_transport_t *b)
+{
+    if (a == NULL || b == NULL) {
+        return;
+    }
+    inmem_transport_t *ta = a->ctx;
+    inmem_transport_t *tb = b->ctx;
+    pthread_mutex_lock(&topology_mu);
+    ptr_remove((void **)ta->peers, &ta->n_peers, tb);
+    ptr_remove((void **)tb->sources, &tb->n_sources, ta);
+    pthread_mutex_unlock(&topology_mu);
+}
+
+void craft_inmem_transport_disconnect_all(craft_transport_t *a)
+{
+    if (a == NULL) {
+        return;
+    }
+    inmem_transport_t *ta = a->ctx;
+    pthread_mutex_lock(&topology_mu);
+    for (size_t i = 0; i < ta->n_peers; i++) {
+        inmem_transport_t *peer = ta->peers[i];
+        ptr_remove((void **)peer->sources, &peer->n_sources, ta);
+    }
+    ta->n_peers = 0;
+    pthread_mutex_unlock(&topology_mu);
+}
+
+void craft_inmem_transport_connect_all(craft_transport_t **ts, size_t n)
+{
+    if (ts == NULL) {
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        for (size_t j = 0; j < n; j++) {
+            if (i != j) {
+                craft_inmem_transport_connect(ts[i], ts[j]);
+            }
+        }
+    }
+}
+
+void craft_inmem_transport_partition(craft_transport_t *a, craft_transport_t *b)
+{
+    craft_inmem_transport_disconnect(a, b);
+    craft_inmem_transport_disconnect(b, a);
+}
