@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Builds and runs the whole test suite.
+#   scripts/test.sh           plain build (build/)
+#   scripts/test.sh asan      AddressSanitizer + UBSan (build-asan/)
+#   scripts/test.sh tsan      ThreadSanitizer (build-tsan/)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mode=${1:-plain}
+run=()
+mult=1
+case "$mode" in
+plain) dir=build; opts=() ;;
+asan)  dir=build-asan; opts=(-Db_sanitize=address,undefined -Db_lundef=false); mult=3
+       export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=1}
+       export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} ;;
+tsan)  dir=build-tsan; opts=(-Db_sanitize=thread -Db_lundef=false); mult=4
+       export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1}
+       # TSan needs a low-entropy address space on some kernels.
+       if command -v setarch >/dev/null; then run=(setarch "$(uname -m)" -R); fi ;;
+*) echo "usage: $0 [plain|asan|tsan]" >&2; exit 2 ;;
+esac
+bash scripts/setup.sh "$dir" "${opts[@]}" >/dev/null
+status=0
+"${run[@]}" meson test -C "$dir" --print-errorlogs --timeout-multiplier "$mult" || status=$?
+log="$dir/meson-logs/testlog.json"
+if [ -f "$log" ]; then
+    python3 - "$log" "$mode" <<'PY' || true
+import json, sys
+ok = bad = 0
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    if r.get("result") in ("OK", "EXPECTEDFAIL"):
+        ok += 1
+    elif r.get("result") != "SKIP":
+        bad += 1
+print(f"{sys.argv[2]}: {ok} passed, {bad} failed")
+PY
+fi
+exit $status
