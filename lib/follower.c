@@ -155,6 +155,9 @@ void craft__handle_append_entries(craft_t *r, craft_rpc_t *rpc)
         resp->term = req->term;
     }
     craft__set_leader(r, req->header.id, leader_addr_of(req));
+    /* A legitimate leader: reset the election timer even if the consistency
+     * check below fails (Raft §5.2). */
+    atomic_store(&r->last_contact_ns, craft__now_ns());
 
     /* Consistency check (Raft §5.3). */
     uint64_t last = atomic_load(&r->last_log_index);
@@ -247,6 +250,7 @@ void craft__follower_loop(craft_t *r)
         if (m != NULL) {
             craft__handle_common(r, m);
             craft__reap_vote_threads(r, false);
+            craft__trim_window(r);
             if (craft__now_ns() < deadline) {
                 continue;
             }

@@ -114,6 +114,7 @@ static void dispatch(craft_t *r, craft_future_t **fs, size_t n)
 {
     uint64_t term = atomic_load(&r->current_term);
     uint64_t index = atomic_load(&r->last_log_index);
+    uint64_t prev_term = atomic_load(&r->last_log_term);
     int64_t now = craft__wall_ns();
     craft_log_t *logs = malloc(n * sizeof *logs);
     if (logs == NULL) {
@@ -147,9 +148,14 @@ static void dispatch(craft_t *r, craft_future_t **fs, size_t n)
     atomic_fetch_add(&r->st_store_n, 1);
     free(logs);
     if (rv != 0) {
-        /* We cannot claim these entries: step down; the futures learn that
-         * leadership was lost (the entries may still commit elsewhere). */
+        /* We cannot claim these entries: forget them locally and step down;
+         * the futures learn that leadership was lost (the entries may still
+         * commit through the peers that received them). */
         CRAFT__ERROR(&r->log, "raft", "failed to commit logs: error=%s", craft_strerror(rv));
+        uint64_t first = index - n + 1;
+        craft__window_truncate_from(&r->window, first);
+        r->logs->delete_range(r->logs->ctx, first, index);
+        craft__set_last_log(r, first - 1, prev_term);
         craft__set_state(r, CRAFT_FOLLOWER);
         return;
     }
@@ -384,26 +390,6 @@ static void leader_exit(craft_t *r)
     }
 }
 
-/* Trims the window to what every peer and the fsm are past. */
-static void trim_window(craft_t *r)
-{
-    uint64_t keep_after = atomic_load(&r->applied_index);
-    for (size_t i = 0; i < L(r)->n_repls; i++) {
-        uint64_t m = atomic_load(&L(r)->repls[i]->match_index);
-        if (m < keep_after) {
-            keep_after = m;
-        }
-    }
-    /* A far-behind peer must not pin unbounded memory: it reads the store. */
-    if (craft__window_len(&r->window) > 65536 || craft__window_bytes(&r->window) > (64u << 20)) {
-        keep_after = atomic_load(&r->applied_index);
-    }
-    if (keep_after > L(r)->stored_index) {
-        keep_after = L(r)->stored_index;
-    }
-    craft__window_trim_to(&r->window, keep_after);
-}
-
 void craft__leader_loop(craft_t *r)
 {
     leader_enter(r);
@@ -442,7 +428,7 @@ void craft__leader_loop(craft_t *r)
         }
         flush_pending(r);
         process_commit(r);
-        trim_window(r);
+        craft__trim_window(r);
         if (craft__now_ns() >= L(r)->lease_deadline_ns) {
             L(r)->lease_deadline_ns = check_lease(r);
         }

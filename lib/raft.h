@@ -205,6 +205,8 @@ void craft__signal(craft_t *r, craft__msg_t *m, atomic_bool *posted);
 /* Fills a request header with our id/address. */
 void craft__header(craft_t *r, craft_rpc_header_t *h);
 void craft__publish_configuration(craft_t *r);
+/* Drops window entries everyone (fsm, peers when leading) is past. */
+void craft__trim_window(craft_t *r);
 
 /* ---- follower.c ---- */
 void craft__follower_loop(craft_t *r);

@@ -139,6 +139,26 @@ int craft__term_at(craft_t *r, uint64_t index, uint64_t *term)
     return 0;
 }
 
+void craft__trim_window(craft_t *r)
+{
+    uint64_t keep_after = atomic_load(&r->applied_index);
+    bool big = craft__window_len(&r->window) > 65536 ||
+               craft__window_bytes(&r->window) > ((size_t)64 << 20);
+    if (atomic_load(&r->state) == CRAFT_LEADER && !big) {
+        /* Keep what a peer still needs; a far-behind peer must not pin
+         * unbounded memory: past the bounds it reads from the store. */
+        for (size_t i = 0; i < r->leader.n_repls; i++) {
+            uint64_t m = atomic_load(&r->leader.repls[i]->match_index);
+            if (m < keep_after) {
+                keep_after = m;
+            }
+        }
+    }
+    /* Only entries the LogStore holds may leave the window. The run thread
+     * writes synchronously, so everything up to last_log_index is stored. */
+    craft__window_trim_to(&r->window, keep_after);
+}
+
 void craft__publish_configuration(craft_t *r)
 {
     craft_configuration_t copy;
