@@ -815,7 +815,6 @@ static int store_create(void *ctx, int version, uint64_t index, uint64_t term,
         rv = k->err;
         goto err_after_dir;
     }
-    logmsg("INFO", "creating new snapshot: path=%s", k->tmp_path);
     k->iface.ctx = k;
     k->iface.write = sink_write;
     k->iface.close = sink_close;
