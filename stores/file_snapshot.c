@@ -24,6 +24,8 @@
 #define STATE_FILE "state.bin"
 #define META_FILE "meta.json"
 #define TMP_SUFFIX ".tmp"
+/* A snapshot being deleted; ends in TMP_SUFFIX on purpose. */
+#define REAP_SUFFIX ".reap.tmp"
 #define PERM_TEST_FILE "perm.test"
 /* Larger meta.json files are rejected as corrupt rather than read. */
 #define META_MAX_BYTES (16 * 1024 * 1024)
@@ -403,16 +405,22 @@ static int reap(file_store_t *st)
     }
     for (size_t i = (size_t)st->retain; i < n; i++) {
         char *dir = path_join(st->path, arr[i].meta->id);
-        if (dir == NULL) {
+        char *doomed = NULL;
+        if (dir == NULL || asprintf(&doomed, "%s%s", dir, REAP_SUFFIX) < 0) {
+            free(dir);
             rv = CRAFT_ENOMEM;
             break;
         }
         logmsg("INFO", "reaping snapshot: path=%s", dir);
-        if (remove_tree(dir) != 0) {
+        /* Renamed out of sight first, so a crash halfway through the
+         * removal leaves a .tmp directory (removed at the next open), not a
+         * half-deleted snapshot. */
+        if (rename(dir, doomed) != 0 || remove_tree(doomed) != 0) {
             logmsg("ERROR", "failed to reap snapshot: path=%s error=%s", dir,
                    strerror(errno));
             rv = CRAFT_EIO;
         }
+        free(doomed);
         free(dir);
     }
     found_free(arr, n);
