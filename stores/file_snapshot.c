@@ -72,7 +72,6 @@ typedef struct file_reader {
 /* One snapshot found on disk. */
 typedef struct found {
     craft_snapshot_meta_t *meta;
-    uint64_t crc;
 } found_t;
 
 static void logmsg(const char *level, const char *fmt, ...)
@@ -378,7 +377,6 @@ static int scan(file_store_t *st, found_t **out, size_t *n_out)
             cap = ncap;
         }
         arr[n].meta = meta;
-        arr[n].crc = crc;
         n++;
     }
     closedir(d);
@@ -931,9 +929,9 @@ static int store_open(void *ctx, const char *id, craft_snapshot_meta_t **meta,
     }
     r->fd = open(state, O_RDONLY | O_CLOEXEC);
     if (r->fd < 0) {
+        rv = errno == ENOENT ? CRAFT_ECORRUPT : CRAFT_EIO;
         logmsg("ERROR", "failed to open snapshot data: path=%s error=%s", state,
                strerror(errno));
-        rv = errno == ENOENT ? CRAFT_ECORRUPT : CRAFT_EIO;
         goto err_after_lock;
     }
     pthread_mutex_unlock(&st->mu);
@@ -1006,9 +1004,9 @@ int craft_file_snapshot_store_new(const char *dir, int retain,
         goto err_after_store;
     }
     if (mkdir_all(st->path) != 0) {
+        rv = errno == ENOMEM ? CRAFT_ENOMEM : CRAFT_EIO;
         logmsg("ERROR", "cannot create snapshot directory: path=%s error=%s",
                st->path, strerror(errno));
-        rv = errno == ENOMEM ? CRAFT_ENOMEM : CRAFT_EIO;
         goto err_after_store;
     }
     perm = path_join(st->path, PERM_TEST_FILE);
