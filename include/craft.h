@@ -659,6 +659,150 @@ craft_future_t *craft_verify_leader(craft_t *r);
  * (craft_future_index). */
 craft_future_t *craft_get_configuration(craft_t *r);
 
+/* ---- membership changes (hashicorp's single-server changes) ----
+ * Each appends a configuration entry on the leader and completes once it is
+ * committed, with its index. `prev_index` 0 = unconditional; otherwise the
+ * change fails with CRAFT_ECONFLICT unless the latest configuration's index
+ * (craft_get_configuration) equals it. At most one configuration change is
+ * uncommitted at a time and a new leader accepts changes only once its first
+ * entry committed: a change arriving meanwhile waits in the queue, where
+ * `timeout_ms` (0 = no limit) bounds its wait (CRAFT_ETIMEDOUT: never
+ * appended). A configuration takes effect when appended. Errors:
+ * CRAFT_ENOTLEADER, CRAFT_ELEADERSHIPLOST, CRAFT_ETRANSFER, CRAFT_ECONFLICT,
+ * CRAFT_EINVAL (bad id/address, or a change leaving no voter),
+ * CRAFT_ESHUTDOWN. `id` and `address` are copied. */
+
+/* Adds `id` as a voter, or makes an existing server a voter (updating its
+ * address). The server gets a vote immediately: add it as a nonvoter first
+ * and promote it once caught up if the cluster must not lose availability. */
+craft_future_t *craft_add_voter(craft_t *r, const char *id, const char *address,
+                                uint64_t prev_index, int64_t timeout_ms);
+/* Adds `id` as a nonvoter (receives the log, never votes nor counts); an
+ * existing voter stays a voter (its address is updated). */
+craft_future_t *craft_add_nonvoter(craft_t *r, const char *id, const char *address,
+                                   uint64_t prev_index, int64_t timeout_ms);
+/* Removes `id`. A leader removing itself steps down once the entry commits
+ * (or shuts down when config.shutdown_on_remove). */
+craft_future_t *craft_remove_server(craft_t *r, const char *id, uint64_t prev_index,
+                                    int64_t timeout_ms);
+/* Makes voter `id` a nonvoter. */
+craft_future_t *craft_demote_voter(craft_t *r, const char *id, uint64_t prev_index,
+                                   int64_t timeout_ms);
+
+/* ---- leadership transfer (thesis §3.10) ----
+ * The leader stops accepting applies and configuration changes
+ * (CRAFT_ETRANSFER), catches the target up, sends it TimeoutNow; the target
+ * campaigns at once, without pre-vote, with the leadership-transfer flag.
+ * The future completes with 0 once this node has stepped down for a newer
+ * term, or CRAFT_ETIMEDOUT after an election timeout. Errors also:
+ * CRAFT_ENOTLEADER, CRAFT_ENOTVOTER (target is a nonvoter), CRAFT_ENOTFOUND
+ * (unknown target or no other voter), CRAFT_ETRANSFER (one is running). */
+craft_future_t *craft_leadership_transfer(craft_t *r);
+/* Transfers to server `id` (`address` may be NULL: taken from the
+ * configuration; if given it must match). */
+craft_future_t *craft_leadership_transfer_to(craft_t *r, const char *id,
+                                             const char *address);
+
+/* ---- linearizable reads without a log write (Raft thesis §6.4) ----
+ * Confirms leadership with a heartbeat round acknowledged by a quorum of
+ * voters and completes with craft_future_index = the commit index at the
+ * time of the call (once the leader has committed an entry of its term).
+ * The caller then reads its FSM once craft_applied_index() >= that index.
+ * Errors: CRAFT_ENOTLEADER, CRAFT_ELEADERSHIPLOST, CRAFT_ESHUTDOWN. hashicorp
+ * has no such API (it needs VerifyLeader + Barrier). */
+craft_future_t *craft_read_index(craft_t *r);
+
+/* ---- observers (hashicorp's Observer) ----
+ * Observations are queued to a per-observer delivery thread (64 deep) that
+ * calls `notify`; `filter` (may be NULL = everything) runs on the emitting
+ * craft thread and must be quick and non-blocking. A non-blocking observer
+ * never stalls craft: when its queue is full the observation is dropped and
+ * counted. A blocking observer makes the emitting thread wait for room (it
+ * slows craft down; its notify must not wait on craft). The observation and
+ * its strings are borrowed for the duration of the callback. */
+typedef enum {
+    CRAFT_OBSERVE_STATE = 0,             /* state */
+    CRAFT_OBSERVE_LEADER = 1,            /* leader_id, leader_address (NULL: none) */
+    CRAFT_OBSERVE_PEER = 2,              /* peer, peer_removed */
+    CRAFT_OBSERVE_REQUEST_VOTE = 3,      /* candidate_*, term, last_log_*, transfer */
+    CRAFT_OBSERVE_REQUEST_PREVOTE = 4,   /* candidate_*, term, last_log_* */
+    CRAFT_OBSERVE_FAILED_HEARTBEAT = 5,  /* peer.id, last_contact_ns */
+    CRAFT_OBSERVE_RESUMED_HEARTBEAT = 6  /* peer.id */
+} craft_observation_kind_t;
+
+typedef struct craft_observation {
+    craft_observation_kind_t kind;
+    craft_state_t state;
+    const char *leader_id;
+    const char *leader_address;
+    craft_server_t peer;
+    bool peer_removed;
+    const char *candidate_id;
+    const char *candidate_address;
+    uint64_t term;
+    uint64_t last_log_index;
+    uint64_t last_log_term;
+    bool leadership_transfer;
+    int64_t last_contact_ns;
+} craft_observation_t;
+
+typedef struct craft_observer craft_observer_t;
+
+/* Registers an observer; *out is owned by craft until
+ * craft_deregister_observer (or craft_free). Errors: CRAFT_EINVAL,
+ * CRAFT_ENOMEM, CRAFT_ESHUTDOWN. */
+int craft_register_observer(craft_t *r,
+                            bool (*filter)(void *arg, const craft_observation_t *o),
+                            void (*notify)(void *arg, const craft_observation_t *o),
+                            void *arg, bool blocking, craft_observer_t **out);
+/* Stops delivery (queued observations are dropped), waits for a notify in
+ * progress to return, frees the observer. Not from the observer's own
+ * notify. Safe while events flow. */
+void craft_deregister_observer(craft_t *r, craft_observer_t *o);
+/* Observations delivered / dropped so far. */
+uint64_t craft_observer_observed(craft_observer_t *o);
+uint64_t craft_observer_dropped(craft_observer_t *o);
+
+/* ---- hot reload (hashicorp ReloadConfig) ---- */
+typedef struct craft_reloadable_config {
+    uint64_t trailing_logs;
+    int64_t snapshot_interval_ms;
+    uint64_t snapshot_threshold;
+    int64_t heartbeat_timeout_ms;
+    int64_t election_timeout_ms;
+} craft_reloadable_config_t;
+
+/* Applies every field (zeros included, as hashicorp) after validating them
+ * against the rest of the config; running timers pick the new values up at
+ * once. CRAFT_EINVAL (logged reason) leaves everything unchanged. */
+int craft_reload_config(craft_t *r, const craft_reloadable_config_t *rc);
+/* The values in force. */
+void craft_reloadable_config(craft_t *r, craft_reloadable_config_t *out);
+
+/* ---- offline tools: on stores of a node that is not running ---- */
+
+/* hashicorp HasExistingState: a term, a log entry or a snapshot exists.
+ * `snaps` may be NULL. Returns 0 with *exists set, or a store error. */
+int craft_has_existing_state(craft_log_store_t *logs, craft_stable_store_t *stable,
+                             craft_snapshot_store_t *snaps, bool *exists);
+/* The latest configuration in the stores and its index (hashicorp
+ * GetConfiguration). *out is malloc'd (craft_configuration_free). */
+int craft_get_configuration_offline(craft_log_store_t *logs, craft_stable_store_t *stable,
+                                    craft_snapshot_store_t *snaps,
+                                    craft_configuration_t *out, uint64_t *index);
+/* Disaster recovery after losing quorum (hashicorp RecoverCluster): forces
+ * `configuration` on this node's stores. craft appends it as a configuration
+ * entry after the last one (same term), and marks everything up to it
+ * committed where the LogStore tracks the commit index: started again, the
+ * node uses the new membership and keeps every entry of its log (hashicorp
+ * instead applies the log to the FSM and rewrites it as a snapshot). Run it
+ * with the same configuration on every surviving server, then start them.
+ * Errors: CRAFT_EINVAL (bad configuration), CRAFT_ENOTFOUND (no state to
+ * recover: bootstrap instead), store errors. */
+int craft_recover_cluster(const craft_config_t *config, craft_log_store_t *logs,
+                          craft_stable_store_t *stable, craft_snapshot_store_t *snaps,
+                          const craft_configuration_t *configuration);
+
 /* ---- getters: any thread, never block on the run thread ---- */
 craft_state_t craft_state(craft_t *r);
 /* Current leader as malloc'd copies (free them); CRAFT_ENOTFOUND with NULLs

@@ -156,6 +156,8 @@ static int load_state(craft_t *r)
 
 static void free_node(craft_t *r)
 {
+    craft__observers_free(r);
+    craft__mutex_destroy(&r->obs_mu);
     craft_configuration_free(&r->latest);
     craft_configuration_free(&r->committed);
     craft_configuration_free(&r->latest_copy);
@@ -218,6 +220,14 @@ int craft_new(craft_t **out, const craft_config_t *config, craft_fsm_t *fsm,
     r->step_down_msg.type = CRAFT__RUN_STEP_DOWN;
     r->verify_ack_msg.type = CRAFT__RUN_VERIFY_ACK;
     r->shutdown_msg.type = CRAFT__RUN_SHUTDOWN;
+    r->reload_msg.type = CRAFT__RUN_RELOAD;
+    atomic_init(&r->ht_ms, config->heartbeat_timeout_ms);
+    atomic_init(&r->et_ms, config->election_timeout_ms);
+    atomic_init(&r->snapshot_interval_ms, config->snapshot_interval_ms);
+    atomic_init(&r->trailing_logs, config->trailing_logs);
+    atomic_init(&r->snapshot_threshold, config->snapshot_threshold);
+    craft__mutex_init(&r->obs_mu);
+    craft__queue_init(&r->observers);
     if (r->local_id == NULL || r->local_addr == NULL) {
         rv = CRAFT_ENOMEM;
         goto err_after_alloc;
@@ -304,17 +314,11 @@ void craft_free(craft_t *r)
     free_node(r);
 }
 
-/* Queues a log future to the run thread. */
-static craft_future_t *submit(craft_t *r, craft__future_kind_t kind, int type,
-                              craft__entry_t *entry, int64_t timeout_ms)
+/* Queues a future to the run thread (leader operations). */
+static craft_future_t *submit_future(craft_t *r, craft_future_t *f, int type,
+                                     int64_t timeout_ms)
 {
-    craft_future_t *f = craft__future_new(kind);
-    if (f == NULL) {
-        craft__entry_unref(entry);
-        return NULL;
-    }
     f->msg.type = type;
-    f->entry = entry;
     if (timeout_ms > 0) {
         f->deadline_ns = f->enqueued_ns + CRAFT__MS(timeout_ms);
     }
@@ -326,6 +330,18 @@ static craft_future_t *submit(craft_t *r, craft__future_kind_t kind, int type,
         craft__future_complete(f, CRAFT_ESHUTDOWN);
     }
     return f;
+}
+
+static craft_future_t *submit(craft_t *r, craft__future_kind_t kind, int type,
+                              craft__entry_t *entry, int64_t timeout_ms)
+{
+    craft_future_t *f = craft__future_new(kind);
+    if (f == NULL) {
+        craft__entry_unref(entry);
+        return NULL;
+    }
+    f->entry = entry;
+    return submit_future(r, f, type, timeout_ms);
 }
 
 craft_future_t *craft_apply_ext(craft_t *r, const void *data, size_t len, const void *ext,
@@ -501,4 +517,133 @@ void craft_stats(craft_t *r, craft_stats_t *out)
     out->fsm_apply_batches = atomic_load(&r->st_fsm_batches);
     out->store_time_us_sum = atomic_load(&r->st_store_us);
     out->store_calls = atomic_load(&r->st_store_n);
+}
+
+static craft_future_t *membership(craft_t *r, int op, const char *id, const char *address,
+                                  uint64_t prev_index, int64_t timeout_ms)
+{
+    bool needs_addr = op == CRAFT__OP_ADD_VOTER || op == CRAFT__OP_ADD_NONVOTER;
+    if (r == NULL || id == NULL || id[0] == '\0' ||
+        (needs_addr && (address == NULL || address[0] == '\0'))) {
+        return craft__future_failed(CRAFT_EINVAL);
+    }
+    craft_future_t *f = craft__future_new(CRAFT__FUT_MEMBERSHIP);
+    if (f == NULL) {
+        return NULL;
+    }
+    f->op = op;
+    f->srv_id = strdup(id);
+    f->srv_addr = needs_addr ? strdup(address) : NULL;
+    f->prev_index = prev_index;
+    if (f->srv_id == NULL || (needs_addr && f->srv_addr == NULL)) {
+        craft__future_complete(f, CRAFT_ENOMEM);
+        return f;
+    }
+    return submit_future(r, f, CRAFT__RUN_CONFIG_CHANGE, timeout_ms);
+}
+
+craft_future_t *craft_add_voter(craft_t *r, const char *id, const char *address,
+                                uint64_t prev_index, int64_t timeout_ms)
+{
+    return membership(r, CRAFT__OP_ADD_VOTER, id, address, prev_index, timeout_ms);
+}
+
+craft_future_t *craft_add_nonvoter(craft_t *r, const char *id, const char *address,
+                                   uint64_t prev_index, int64_t timeout_ms)
+{
+    return membership(r, CRAFT__OP_ADD_NONVOTER, id, address, prev_index, timeout_ms);
+}
+
+craft_future_t *craft_remove_server(craft_t *r, const char *id, uint64_t prev_index,
+                                    int64_t timeout_ms)
+{
+    return membership(r, CRAFT__OP_REMOVE, id, NULL, prev_index, timeout_ms);
+}
+
+craft_future_t *craft_demote_voter(craft_t *r, const char *id, uint64_t prev_index,
+                                   int64_t timeout_ms)
+{
+    return membership(r, CRAFT__OP_DEMOTE, id, NULL, prev_index, timeout_ms);
+}
+
+craft_future_t *craft_leadership_transfer_to(craft_t *r, const char *id, const char *address)
+{
+    if (r == NULL || (id != NULL && id[0] == '\0')) {
+        return craft__future_failed(CRAFT_EINVAL);
+    }
+    craft_future_t *f = craft__future_new(CRAFT__FUT_TRANSFER);
+    if (f == NULL) {
+        return NULL;
+    }
+    f->srv_id = id != NULL ? strdup(id) : NULL;
+    f->srv_addr = address != NULL ? strdup(address) : NULL;
+    if ((id != NULL && f->srv_id == NULL) || (address != NULL && f->srv_addr == NULL)) {
+        craft__future_complete(f, CRAFT_ENOMEM);
+        return f;
+    }
+    return submit_future(r, f, CRAFT__RUN_TRANSFER, 0);
+}
+
+craft_future_t *craft_leadership_transfer(craft_t *r)
+{
+    return craft_leadership_transfer_to(r, NULL, NULL);
+}
+
+craft_future_t *craft_read_index(craft_t *r)
+{
+    if (r == NULL) {
+        return craft__future_failed(CRAFT_EINVAL);
+    }
+    craft_future_t *f = craft__future_new(CRAFT__FUT_READ_INDEX);
+    if (f == NULL) {
+        return NULL;
+    }
+    return submit_future(r, f, CRAFT__RUN_READ_INDEX, 0);
+}
+
+static const char *check_reload(const craft_config_t *base, const craft_reloadable_config_t *rc)
+{
+    craft_config_t c = *base;
+    c.trailing_logs = rc->trailing_logs;
+    c.snapshot_interval_ms = rc->snapshot_interval_ms;
+    c.snapshot_threshold = rc->snapshot_threshold;
+    c.heartbeat_timeout_ms = rc->heartbeat_timeout_ms;
+    c.election_timeout_ms = rc->election_timeout_ms;
+    const char *why = NULL;
+    if (craft_config_validate(&c, &why) != 0) {
+        return why;
+    }
+    return NULL;
+}
+
+int craft_reload_config(craft_t *r, const craft_reloadable_config_t *rc)
+{
+    if (r == NULL || rc == NULL) {
+        return CRAFT_EINVAL;
+    }
+    const char *why = check_reload(&r->conf, rc);
+    if (why != NULL) {
+        CRAFT__ERROR(&r->log, "raft", "refusing to reload config: %s", why);
+        return CRAFT_EINVAL;
+    }
+    atomic_store(&r->trailing_logs, rc->trailing_logs);
+    atomic_store(&r->snapshot_interval_ms, rc->snapshot_interval_ms);
+    atomic_store(&r->snapshot_threshold, rc->snapshot_threshold);
+    atomic_store(&r->ht_ms, rc->heartbeat_timeout_ms);
+    atomic_store(&r->et_ms, rc->election_timeout_ms);
+    /* Wake the run thread so running timers are recomputed. */
+    craft__signal(r, &r->reload_msg, &r->reload_posted);
+    return 0;
+}
+
+void craft_reloadable_config(craft_t *r, craft_reloadable_config_t *out)
+{
+    if (r == NULL || out == NULL) {
+        return;
+    }
+    out->trailing_logs = atomic_load(&r->trailing_logs);
+    out->snapshot_interval_ms = atomic_load(&r->snapshot_interval_ms);
+    out->snapshot_threshold = atomic_load(&r->snapshot_threshold);
+    out->heartbeat_timeout_ms = atomic_load(&r->ht_ms);
+    out->election_timeout_ms = atomic_load(&r->et_ms);
 }

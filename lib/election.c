@@ -18,11 +18,20 @@ static void *vote_thread_main(void *arg)
         atomic_store(&vt->finished, true);
         return NULL;
     }
-    m->msg.type = CRAFT__RUN_VOTE;
+    m->msg.type = vt->timeout_now ? CRAFT__RUN_TIMEOUT_NOW : CRAFT__RUN_VOTE;
     m->round = vt->round;
     m->prevote = vt->prevote;
     m->id = strdup(vt->id);
-    if (vt->prevote) {
+    if (vt->timeout_now) {
+        craft_timeout_now_req_t req;
+        craft_timeout_now_resp_t resp;
+        memset(&req, 0, sizeof req);
+        memset(&resp, 0, sizeof resp);
+        craft__header(r, &req.header);
+        m->err = r->trans->timeout_now != NULL
+                     ? r->trans->timeout_now(r->trans->ctx, vt->id, vt->addr, &req, &resp)
+                     : CRAFT_ENOTSUP;
+    } else if (vt->prevote) {
         craft_request_prevote_resp_t resp;
         memset(&resp, 0, sizeof resp);
         m->err = r->trans->request_prevote(r->trans->ctx, vt->id, vt->addr, &vt->prereq, &resp);
@@ -35,7 +44,16 @@ static void *vote_thread_main(void *arg)
         m->term = resp.term;
         m->granted = resp.granted;
     }
-    if (m->err != 0) {
+    if (vt->timeout_now) {
+        /* reported as is */
+    } else if (vt->prevote && m->err == CRAFT_ENOTSUP) {
+        /* The peer's protocol has no pre-vote (hashicorp < 1.7 closes the
+         * connection on rpc type 4): count it as granted, as hashicorp does
+         * for "unexpected command"; the real vote still decides. */
+        m->err = 0;
+        m->granted = true;
+        m->term = 0;
+    } else if (m->err != 0) {
         m->granted = false;
         m->term = 0;
     }
@@ -68,6 +86,26 @@ void craft__reap_vote_threads(craft_t *r, bool wait_all)
     }
 }
 
+int craft__send_timeout_now(craft_t *r, const char *id, const char *addr)
+{
+    craft__vote_thread_t *vt = calloc(1, sizeof *vt);
+    if (vt == NULL) {
+        return CRAFT_ENOMEM;
+    }
+    vt->r = r;
+    vt->timeout_now = true;
+    vt->id = strdup(id);
+    vt->addr = strdup(addr);
+    atomic_init(&vt->finished, false);
+    if (vt->id == NULL || vt->addr == NULL ||
+        craft__thread_start(&vt->thread, "craft-timeout", vote_thread_main, vt) != 0) {
+        vote_thread_free(vt);
+        return CRAFT_ENOMEM;
+    }
+    craft__queue_push(&r->vote_threads, &vt->link);
+    return 0;
+}
+
 /* Starts a (pre-)election round: persists the new term and self-vote for a
  * real election, then asks every other voter of the latest configuration. */
 static void start_round(craft_t *r, bool prevote)
@@ -78,7 +116,7 @@ static void start_round(craft_t *r, bool prevote)
     c->granted = 0;
     c->refused = 0;
     c->needed = craft__configuration_voters(&r->latest) / 2 + 1;
-    c->deadline_ns = craft__now_ns() + craft__random_timeout_ns(r->conf.election_timeout_ms);
+    c->deadline_ns = craft__now_ns() + craft__random_timeout_ns(atomic_load(&r->et_ms));
     uint64_t term = atomic_load(&r->current_term) + 1;
     if (!prevote) {
         if (craft__set_current_term(r, term) != 0) {
@@ -196,7 +234,11 @@ void craft__candidate_loop(craft_t *r)
             }
             continue;
         }
-        if (m->type == CRAFT__RUN_VOTE) {
+        if (m->type == CRAFT__RUN_RELOAD) {
+            r->cand.deadline_ns =
+                craft__now_ns() + craft__random_timeout_ns(atomic_load(&r->et_ms));
+            craft__handle_common(r, m);
+        } else if (m->type == CRAFT__RUN_VOTE) {
             craft__vote_msg_t *v = (craft__vote_msg_t *)m;
             if (v->term > atomic_load(&r->current_term)) {
                 CRAFT__DEBUG(&r->log, "raft", "newer term discovered, fallback to follower: "
@@ -260,6 +302,14 @@ void craft__handle_request_vote(craft_t *r, craft_rpc_t *rpc)
     resp->granted = false;
     const char *cand = req->candidate != NULL && req->candidate[0] != '\0' ? req->candidate
                                                                            : req->header.addr;
+    craft_observation_t o = {.kind = CRAFT_OBSERVE_REQUEST_VOTE,
+                             .candidate_id = req->header.id,
+                             .candidate_address = cand,
+                             .term = req->term,
+                             .last_log_index = req->last_log_index,
+                             .last_log_term = req->last_log_term,
+                             .leadership_transfer = req->leadership_transfer};
+    craft__observe(r, &o);
     const char *why = refuse_candidate(r, req->header.id, cand, req->leadership_transfer);
     if (why != NULL) {
         CRAFT__WARN(&r->log, "raft", "rejecting vote request since %s: candidate=%s term=%llu",
@@ -324,6 +374,13 @@ void craft__handle_request_prevote(craft_t *r, craft_rpc_t *rpc)
     craft__header(r, &resp->header);
     resp->term = atomic_load(&r->current_term);
     resp->granted = false;
+    craft_observation_t o = {.kind = CRAFT_OBSERVE_REQUEST_PREVOTE,
+                             .candidate_id = req->header.id,
+                             .candidate_address = req->header.addr,
+                             .term = req->term,
+                             .last_log_index = req->last_log_index,
+                             .last_log_term = req->last_log_term};
+    craft__observe(r, &o);
     /* A pre-vote never persists anything and never touches last contact. */
     const char *why = refuse_candidate(r, req->header.id, req->header.addr, false);
     if (why != NULL) {

@@ -243,11 +243,16 @@ out:
 
 void craft__follower_loop(craft_t *r)
 {
-    int64_t ht = CRAFT__MS(r->conf.heartbeat_timeout_ms);
-    int64_t deadline = craft__now_ns() + craft__random_timeout_ns(r->conf.heartbeat_timeout_ms);
+    int64_t ht = CRAFT__MS(atomic_load(&r->ht_ms));
+    int64_t deadline = craft__now_ns() + craft__random_timeout_ns(atomic_load(&r->ht_ms));
     while (atomic_load(&r->state) == CRAFT_FOLLOWER && !atomic_load(&r->shutting_down)) {
         craft__msg_t *m = craft__mailbox_wait(&r->run_mb, deadline);
         if (m != NULL) {
+            if (m->type == CRAFT__RUN_RELOAD) {
+                /* Reloaded timeouts apply to the running timer at once. */
+                ht = CRAFT__MS(atomic_load(&r->ht_ms));
+                deadline = craft__now_ns() + craft__random_timeout_ns(atomic_load(&r->ht_ms));
+            }
             craft__handle_common(r, m);
             craft__reap_vote_threads(r, false);
             craft__trim_window(r);
@@ -259,7 +264,8 @@ void craft__follower_loop(craft_t *r)
         if (now < deadline) {
             continue;
         }
-        deadline = now + craft__random_timeout_ns(r->conf.heartbeat_timeout_ms);
+        deadline = now + craft__random_timeout_ns(atomic_load(&r->ht_ms));
+        ht = CRAFT__MS(atomic_load(&r->ht_ms));
         if (now - atomic_load(&r->last_contact_ns) < ht) {
             continue;
         }

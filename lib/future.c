@@ -27,6 +27,8 @@ static void future_destroy(craft_future_t *f)
     }
     craft_configuration_free(&f->configuration);
     craft__entry_unref(f->entry);
+    free(f->srv_id);
+    free(f->srv_addr);
     craft__cond_destroy(&f->cond);
     craft__mutex_destroy(&f->mu);
     free(f);

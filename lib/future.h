@@ -9,11 +9,16 @@
 #include "lib/entry.h"
 #include "lib/mailbox.h"
 
+enum { CRAFT__OP_ADD_VOTER, CRAFT__OP_ADD_NONVOTER, CRAFT__OP_DEMOTE, CRAFT__OP_REMOVE };
+
 typedef enum {
     CRAFT__FUT_GENERIC = 0,
     CRAFT__FUT_APPLY,    /* command / barrier / noop: has `entry` */
     CRAFT__FUT_VERIFY,
     CRAFT__FUT_CONFIG,   /* get configuration */
+    CRAFT__FUT_MEMBERSHIP, /* add/remove/demote: op, srv_id, srv_addr */
+    CRAFT__FUT_READ_INDEX,
+    CRAFT__FUT_TRANSFER, /* srv_id / srv_addr: target or NULL */
     CRAFT__FUT_SHUTDOWN
 } craft__future_kind_t;
 
@@ -38,6 +43,10 @@ struct craft_future {
     int64_t enqueued_ns;  /* when the caller made the request */
     int64_t deadline_ns;  /* enqueue deadline; 0 = none */
     uint64_t epoch;       /* verify: heartbeat epoch it waits for */
+    int op;               /* membership: CRAFT__OP_* */
+    char *srv_id;
+    char *srv_addr;
+    uint64_t prev_index;
 };
 
 /* New pending future with two references (caller + craft). NULL on ENOMEM. */

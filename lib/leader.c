@@ -71,6 +71,8 @@ static void start_stop_replication(craft_t *r)
             continue;
         }
         CRAFT__INFO(&r->log, "raft", "added peer, starting replication: peer=%s", s->id);
+        craft_observation_t o = {.kind = CRAFT_OBSERVE_PEER, .peer = *s};
+        craft__observe(r, &o);
         craft__mutex_lock(&r->mu);
         L(r)->repls[L(r)->n_repls++] = p;
         craft__mutex_unlock(&r->mu);
@@ -79,6 +81,11 @@ static void start_stop_replication(craft_t *r)
         if (craft__configuration_find(&r->latest, L(r)->repls[i]->id) < 0) {
             CRAFT__INFO(&r->log, "raft", "removed peer, stopping replication: peer=%s",
                         L(r)->repls[i]->id);
+            craft_observation_t o = {.kind = CRAFT_OBSERVE_PEER, .peer_removed = true};
+            o.peer.id = L(r)->repls[i]->id;
+            o.peer.address = L(r)->repls[i]->addr;
+            o.peer.suffrage = atomic_load(&L(r)->repls[i]->voter) ? CRAFT_VOTER : CRAFT_NONVOTER;
+            craft__observe(r, &o);
             stop_repl_at(r, i);
         } else {
             i++;
@@ -136,6 +143,9 @@ static void dispatch(craft_t *r, craft_future_t **fs, size_t n)
         craft__queue_push(&L(r)->inflight, &fs[i]->link);
         if (e->log.type == CRAFT_LOG_COMMAND) {
             atomic_fetch_add(&r->st_applies, 1);
+        } else if (e->log.type == CRAFT_LOG_CONFIGURATION) {
+            /* Takes effect on append: new voters count from this entry on. */
+            craft__configuration_appended(r, &fs[i]->configuration, index);
         }
     }
     craft__set_last_log(r, index, term);
@@ -192,11 +202,11 @@ static void flush_pending(craft_t *r)
 
 /* Fails pending applies whose enqueue deadline passed; returns the earliest
  * remaining deadline (or `deadline`). */
-static int64_t expire_pending(craft_t *r, int64_t deadline)
+static int64_t expire_queue(craft__queue_t *q, int64_t deadline)
 {
     int64_t now = craft__now_ns();
-    craft__queue_t *e = L(r)->pending.next;
-    while (e != &L(r)->pending) {
+    craft__queue_t *e = q->next;
+    while (e != q) {
         craft_future_t *f = CRAFT__QUEUE_DATA(e, craft_future_t, link);
         e = e->next;
         if (f->deadline_ns > 0 && now >= f->deadline_ns) {
@@ -207,6 +217,238 @@ static int64_t expire_pending(craft_t *r, int64_t deadline)
         }
     }
     return deadline;
+}
+
+static int64_t expire_pending(craft_t *r, int64_t deadline)
+{
+    deadline = expire_queue(&L(r)->pending, deadline);
+    deadline = expire_queue(&L(r)->config_pending, deadline);
+    if (L(r)->transfer != NULL) {
+        int64_t t = L(r)->transfer_sent ? L(r)->transfer_deadline_ns
+                                        : craft__now_ns() + CRAFT__MS(5);
+        if (t < deadline) {
+            deadline = t;
+        }
+    }
+    return deadline;
+}
+
+/* hashicorp nextConfiguration: the membership after applying `f`. */
+static int next_configuration(craft_t *r, craft_future_t *f, craft_configuration_t *out)
+{
+    int rv = craft_configuration_copy(out, &r->latest);
+    if (rv != 0) {
+        return rv;
+    }
+    int i = craft__configuration_find(out, f->srv_id);
+    switch (f->op) {
+    case CRAFT__OP_ADD_VOTER:
+    case CRAFT__OP_ADD_NONVOTER:
+        if (i < 0) {
+            rv = craft__configuration_add(out, f->srv_id, f->srv_addr,
+                                          f->op == CRAFT__OP_ADD_VOTER ? CRAFT_VOTER
+                                                                       : CRAFT_NONVOTER);
+        } else {
+            char *addr = strdup(f->srv_addr);
+            if (addr == NULL) {
+                rv = CRAFT_ENOMEM;
+                break;
+            }
+            free(out->servers[i].address);
+            out->servers[i].address = addr;
+            if (f->op == CRAFT__OP_ADD_VOTER) {
+                out->servers[i].suffrage = CRAFT_VOTER;
+            }
+        }
+        break;
+    case CRAFT__OP_DEMOTE:
+        if (i >= 0) {
+            out->servers[i].suffrage = CRAFT_NONVOTER;
+        }
+        break;
+    case CRAFT__OP_REMOVE:
+        if (i >= 0) {
+            craft__configuration_remove_at(out, (size_t)i);
+        }
+        break;
+    default:
+        rv = CRAFT_EINVAL;
+    }
+    const char *why = NULL;
+    if (rv == 0 && craft__configuration_check(out, &why) != 0) {
+        CRAFT__WARN(&r->log, "raft", "refusing configuration change: %s", why);
+        rv = CRAFT_EINVAL;
+    }
+    if (rv != 0) {
+        craft_configuration_free(out);
+    }
+    return rv;
+}
+
+/* Appends the next membership change once allowed: no uncommitted
+ * configuration, and this term's first entry committed (hashicorp only
+ * reads configurationChangeCh then). */
+static void flush_config_changes(craft_t *r)
+{
+    while (!craft__queue_empty(&L(r)->config_pending) &&
+           atomic_load(&r->state) == CRAFT_LEADER) {
+        craft__queue_t *e = craft__queue_head(&L(r)->config_pending);
+        craft_future_t *f = CRAFT__QUEUE_DATA(e, craft_future_t, link);
+        if (L(r)->transfer != NULL) {
+            craft__queue_remove(e);
+            craft__fail_future(f, CRAFT_ETRANSFER);
+            continue;
+        }
+        if (r->latest_index != r->committed_index ||
+            atomic_load(&r->commit_index) < L(r)->start_index) {
+            return;
+        }
+        craft__queue_remove(e);
+        if (f->prev_index != 0 && f->prev_index != r->latest_index) {
+            CRAFT__WARN(&r->log, "raft", "configuration changed since %llu (latest is %llu)",
+                        (unsigned long long)f->prev_index,
+                        (unsigned long long)r->latest_index);
+            craft__fail_future(f, CRAFT_ECONFLICT);
+            continue;
+        }
+        craft_configuration_t next;
+        int rv = next_configuration(r, f, &next);
+        if (rv != 0) {
+            craft__fail_future(f, rv);
+            continue;
+        }
+        void *buf = NULL;
+        size_t len = 0;
+        rv = craft__configuration_encode(&next, &buf, &len);
+        if (rv == 0) {
+            f->entry = craft__entry_new(CRAFT_LOG_CONFIGURATION, buf, len, NULL, 0);
+            rv = f->entry == NULL ? CRAFT_ENOMEM : 0;
+        }
+        free(buf);
+        if (rv != 0) {
+            craft_configuration_free(&next);
+            craft__fail_future(f, rv);
+            continue;
+        }
+        craft_configuration_free(&f->configuration);
+        f->configuration = next;
+        CRAFT__INFO(&r->log, "raft", "updating configuration: op=%d server=%s", f->op, f->srv_id);
+        dispatch(r, &f, 1);
+    }
+}
+
+static void start_verify(craft_t *r, craft_future_t *f);
+
+/* read_index futures wait for this term's first entry to commit. */
+static void release_reads(craft_t *r)
+{
+    if (atomic_load(&r->commit_index) < L(r)->start_index) {
+        return;
+    }
+    while (!craft__queue_empty(&L(r)->reads_waiting)) {
+        craft__queue_t *e = craft__queue_head(&L(r)->reads_waiting);
+        craft__queue_remove(e);
+        craft_future_t *f = CRAFT__QUEUE_DATA(e, craft_future_t, link);
+        f->index = atomic_load(&r->commit_index);
+        start_verify(r, f);
+    }
+}
+
+static void finish_transfer(craft_t *r, int err)
+{
+    if (L(r)->transfer == NULL) {
+        return;
+    }
+    if (err != 0) {
+        CRAFT__WARN(&r->log, "raft", "leadership transfer to %s failed: %s",
+                    L(r)->transfer_id ? L(r)->transfer_id : "", craft_strerror(err));
+    }
+    craft__fail_future(L(r)->transfer, err);
+    L(r)->transfer = NULL;
+    free(L(r)->transfer_id);
+    L(r)->transfer_id = NULL;
+    L(r)->transfer_sent = false;
+}
+
+static void start_transfer(craft_t *r, craft_future_t *f)
+{
+    if (L(r)->transfer != NULL) {
+        craft__fail_future(f, CRAFT_ETRANSFER);
+        return;
+    }
+    const char *target = f->srv_id;
+    if (target != NULL) {
+        int i = craft__configuration_find(&r->latest, target);
+        if (i < 0) {
+            craft__fail_future(f, CRAFT_ENOTFOUND);
+            return;
+        }
+        if (r->latest.servers[i].suffrage != CRAFT_VOTER) {
+            craft__fail_future(f, CRAFT_ENOTVOTER);
+            return;
+        }
+        if (strcmp(target, r->local_id) == 0 ||
+            (f->srv_addr != NULL && strcmp(f->srv_addr, r->latest.servers[i].address) != 0)) {
+            craft__fail_future(f, CRAFT_EINVAL);
+            return;
+        }
+    } else {
+        /* The most up-to-date voter (hashicorp pickServer). */
+        uint64_t best = 0;
+        for (size_t i = 0; i < L(r)->n_repls; i++) {
+            craft__repl_t *p = L(r)->repls[i];
+            if (atomic_load(&p->voter) &&
+                (target == NULL || atomic_load(&p->match_index) > best)) {
+                best = atomic_load(&p->match_index);
+                target = p->id;
+            }
+        }
+        if (target == NULL) {
+            craft__fail_future(f, CRAFT_ENOTFOUND);
+            return;
+        }
+    }
+    craft__repl_t *p = find_repl(r, target);
+    if (p == NULL) {
+        craft__fail_future(f, CRAFT_ENOTFOUND);
+        return;
+    }
+    L(r)->transfer = f;
+    L(r)->transfer_id = strdup(target);
+    L(r)->transfer_sent = false;
+    L(r)->transfer_deadline_ns = craft__now_ns() + CRAFT__MS(atomic_load(&r->et_ms));
+    CRAFT__INFO(&r->log, "raft", "starting leadership transfer: target=%s", target);
+    craft__repl_trigger(p);
+}
+
+/* Drives a transfer: once the target is caught up, TimeoutNow. */
+static void check_transfer(craft_t *r)
+{
+    if (L(r)->transfer == NULL) {
+        return;
+    }
+    if (craft__now_ns() >= L(r)->transfer_deadline_ns) {
+        finish_transfer(r, CRAFT_ETIMEDOUT);
+        return;
+    }
+    if (L(r)->transfer_sent) {
+        return;
+    }
+    craft__repl_t *p = find_repl(r, L(r)->transfer_id);
+    if (p == NULL) {
+        finish_transfer(r, CRAFT_ENOTFOUND);
+        return;
+    }
+    if (atomic_load(&p->match_index) >= atomic_load(&r->last_log_index)) {
+        int rv = craft__send_timeout_now(r, p->id, p->addr);
+        if (rv != 0) {
+            finish_transfer(r, rv);
+            return;
+        }
+        L(r)->transfer_sent = true;
+        /* After TimeoutNow, the target has another election timeout. */
+        L(r)->transfer_deadline_ns = craft__now_ns() + CRAFT__MS(atomic_load(&r->et_ms));
+    }
 }
 
 static void process_commit(craft_t *r)
@@ -230,6 +472,7 @@ static void process_commit(craft_t *r)
         craft__queue_push(&done, e);
     }
     craft__commit_to(r, commit, &done);
+    release_reads(r);
     /* A leader no longer in the committed configuration as a voter steps
      * down (hashicorp: removed leader). */
     if (r->committed_index > 0 && !craft__configuration_is_voter(&r->committed, r->local_id)) {
@@ -327,6 +570,10 @@ static void handle_apply(craft_t *r, craft_future_t *f)
         craft__fail_future(f, CRAFT_EINVAL);
         return;
     }
+    if (L(r)->transfer != NULL) {
+        craft__fail_future(f, CRAFT_ETRANSFER);
+        return;
+    }
     craft__queue_push(&L(r)->pending, &f->link);
 }
 
@@ -337,8 +584,11 @@ static void leader_enter(craft_t *r)
     craft__queue_init(&l->inflight);
     craft__queue_init(&l->pending);
     craft__queue_init(&l->verifies);
+    craft__queue_init(&l->config_pending);
+    craft__queue_init(&l->reads_waiting);
     uint64_t last = atomic_load(&r->last_log_index);
     l->stored_index = last;
+    l->start_index = last + 1;
     l->commitment =
         craft__commitment_new(&r->latest, atomic_load(&r->commit_index), last + 1);
     if (l->commitment == NULL) {
@@ -382,6 +632,14 @@ static void leader_exit(craft_t *r)
     fail_queue(&l->inflight, lost);
     fail_queue(&l->pending, atomic_load(&r->shutting_down) ? CRAFT_ESHUTDOWN : CRAFT_ENOTLEADER);
     fail_queue(&l->verifies, lost);
+    fail_queue(&l->reads_waiting, lost);
+    fail_queue(&l->config_pending,
+               atomic_load(&r->shutting_down) ? CRAFT_ESHUTDOWN : CRAFT_ENOTLEADER);
+    if (l->transfer != NULL) {
+        /* Success is a newer term: someone else leads now. */
+        bool newer = atomic_load(&r->current_term) > l->transfer_term;
+        finish_transfer(r, newer && !atomic_load(&r->shutting_down) ? 0 : lost);
+    }
     craft__commitment_unref(l->commitment);
     l->commitment = NULL;
     craft__set_leader(r, NULL, NULL);
@@ -413,6 +671,28 @@ void craft__leader_loop(craft_t *r)
                 atomic_store(&r->verify_ack_posted, false);
                 process_verify_acks(r);
                 break;
+            case CRAFT__RUN_CONFIG_CHANGE:
+                craft__queue_push(&L(r)->config_pending, &((craft_future_t *)m)->link);
+                break;
+            case CRAFT__RUN_READ_INDEX:
+                craft__queue_push(&L(r)->reads_waiting, &((craft_future_t *)m)->link);
+                release_reads(r);
+                break;
+            case CRAFT__RUN_TRANSFER:
+                start_transfer(r, (craft_future_t *)m);
+                if (L(r)->transfer != NULL) {
+                    L(r)->transfer_term = atomic_load(&r->current_term);
+                }
+                break;
+            case CRAFT__RUN_TIMEOUT_NOW: {
+                craft__vote_msg_t *v = (craft__vote_msg_t *)m;
+                if (v->err != 0 && L(r)->transfer != NULL && L(r)->transfer_sent) {
+                    finish_transfer(r, v->err);
+                }
+                free(v->id);
+                free(v);
+                break;
+            }
             default:
                 craft__handle_common(r, m);
                 break;
@@ -427,7 +707,9 @@ void craft__leader_loop(craft_t *r)
             break;
         }
         flush_pending(r);
+        flush_config_changes(r);
         process_commit(r);
+        check_transfer(r);
         craft__trim_window(r);
         if (craft__now_ns() >= L(r)->lease_deadline_ns) {
             L(r)->lease_deadline_ns = check_lease(r);

@@ -36,6 +36,11 @@ enum {
     CRAFT__RUN_VOTE,         /* craft__vote_msg_t */
     CRAFT__RUN_REPL_EXIT,    /* craft__repl_t */
     CRAFT__RUN_SHUTDOWN,     /* r->shutdown_msg */
+    CRAFT__RUN_CONFIG_CHANGE, /* craft_future_t */
+    CRAFT__RUN_READ_INDEX,   /* craft_future_t */
+    CRAFT__RUN_TRANSFER,     /* craft_future_t */
+    CRAFT__RUN_TIMEOUT_NOW,  /* craft__vote_msg_t: TimeoutNow result */
+    CRAFT__RUN_RELOAD,       /* coalesced: r->reload_msg */
 };
 
 /* Messages of the fsm thread's mailbox. */
@@ -79,6 +84,14 @@ typedef struct craft__leader {
     uint64_t verify_epoch;
     int64_t lease_deadline_ns;
     uint64_t stored_index;    /* own log written up to here */
+    uint64_t start_index;     /* index of this term's first entry (no-op) */
+    craft__queue_t config_pending; /* membership changes waiting their turn */
+    craft__queue_t reads_waiting;  /* read_index futures waiting for the no-op */
+    craft_future_t *transfer;      /* leadership transfer in progress */
+    char *transfer_id;
+    int64_t transfer_deadline_ns;
+    bool transfer_sent;
+    uint64_t transfer_term;
 } craft__leader_t;
 
 /* Candidate state (run thread). */
@@ -98,6 +111,7 @@ typedef struct craft__vote_thread {
     atomic_bool finished;
     craft_t *r;
     bool prevote;
+    bool timeout_now; /* sends TimeoutNow (leadership transfer) */
     uint64_t round;
     char *id;
     char *addr;
@@ -132,6 +146,15 @@ struct craft {
     uint64_t latest_copy_index;        /* under mu */
     craft__window_t window;            /* thread-safe itself */
     atomic_bool shutting_down;
+    /* reloadable config values (craft_reload_config) */
+    _Atomic int64_t ht_ms, et_ms, snapshot_interval_ms;
+    _Atomic uint64_t trailing_logs, snapshot_threshold;
+    craft__msg_t reload_msg;
+    atomic_bool reload_posted;
+    /* observers */
+    craft__mutex_t obs_mu;
+    craft__queue_t observers; /* under obs_mu */
+    atomic_int n_observers;
     /* stats counters */
     _Atomic uint64_t st_applies, st_commits, st_elections, st_prevotes, st_fsm_applied,
         st_rpcs, st_commit_us, st_commit_n, st_fsm_us, st_fsm_batches, st_store_us,
@@ -233,6 +256,16 @@ void craft__leader_configuration_changed(craft_t *r);
 void craft__handle_rpc(craft_t *r, craft_rpc_t *rpc);
 /* Handles messages every loop treats alike; returns true when handled. */
 bool craft__handle_common(craft_t *r, craft__msg_t *m);
+
+/* ---- observer.c ---- */
+/* Delivers `o` to every registered observer (cheap when there is none). */
+void craft__observe(craft_t *r, const craft_observation_t *o);
+/* Frees every observer (craft_free). */
+void craft__observers_free(craft_t *r);
+
+/* ---- election.c: one-shot RPC threads ---- */
+/* Sends TimeoutNow to `id`/`addr` on a thread; result as RUN_TIMEOUT_NOW. */
+int craft__send_timeout_now(craft_t *r, const char *id, const char *addr);
 
 /* ---- fsm.c ---- */
 void *craft__fsm_main(void *arg);

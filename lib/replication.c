@@ -393,7 +393,7 @@ static void *hb_main(void *arg)
     craft__set_craft_thread(r);
     int failures = 0;
     uint64_t sent_epoch = 0;
-    int64_t ht = CRAFT__MS(r->conf.heartbeat_timeout_ms);
+    int64_t ht = CRAFT__MS(atomic_load(&r->ht_ms));
     int64_t deadline = craft__now_ns();
     for (;;) {
         craft__mutex_lock(&p->mu);
@@ -428,8 +428,19 @@ static void *hb_main(void *arg)
                 CRAFT__DEBUG(&r->log, "replication", "failed to heartbeat to peer=%s error=%s",
                              p->id, craft_strerror(rv));
             }
+            craft_observation_t o = {.kind = CRAFT_OBSERVE_FAILED_HEARTBEAT,
+                                     .last_contact_ns = atomic_load(&p->last_contact_ns)};
+            o.peer.id = p->id;
+            o.peer.address = p->addr;
+            craft__observe(r, &o);
             deadline = now + b;
             continue;
+        }
+        if (failures > 0) {
+            craft_observation_t o = {.kind = CRAFT_OBSERVE_RESUMED_HEARTBEAT};
+            o.peer.id = p->id;
+            o.peer.address = p->addr;
+            craft__observe(r, &o);
         }
         failures = 0;
         atomic_store(&p->st_rtt_us, (uint64_t)(now - t0) / 1000);

@@ -37,6 +37,8 @@ void craft__set_state(craft_t *r, craft_state_t s)
     craft__mutex_unlock(&r->mu);
     CRAFT__INFO(&r->log, "raft", "entering %s state: term=%llu", craft_state_name(s),
                 (unsigned long long)atomic_load(&r->current_term));
+    craft_observation_t o = {.kind = CRAFT_OBSERVE_STATE, .state = s};
+    craft__observe(r, &o);
 }
 
 /* Finds the ID of the server at `addr` in the latest configuration. */
@@ -68,6 +70,9 @@ void craft__set_leader(craft_t *r, const char *id, const char *addr)
     if (!same) {
         CRAFT__DEBUG(&r->log, "raft", "leader changed: id=%s address=%s", id ? id : "",
                      addr ? addr : "");
+        craft_observation_t o = {
+            .kind = CRAFT_OBSERVE_LEADER, .leader_id = id, .leader_address = addr};
+        craft__observe(r, &o);
     }
 }
 
@@ -336,7 +341,17 @@ bool craft__handle_common(craft_t *r, craft__msg_t *m)
         return true;
     case CRAFT__RUN_APPLY:
     case CRAFT__RUN_VERIFY:
+    case CRAFT__RUN_CONFIG_CHANGE:
+    case CRAFT__RUN_READ_INDEX:
+    case CRAFT__RUN_TRANSFER:
         craft__fail_future((craft_future_t *)m, CRAFT_ENOTLEADER);
+        return true;
+    case CRAFT__RUN_TIMEOUT_NOW:
+        free(((craft__vote_msg_t *)m)->id);
+        free(m);
+        return true;
+    case CRAFT__RUN_RELOAD:
+        atomic_store(&r->reload_posted, false);
         return true;
     default:
         return false;
@@ -355,8 +370,12 @@ static void shutdown_message(craft_t *r, craft__msg_t *m)
     }
     case CRAFT__RUN_APPLY:
     case CRAFT__RUN_VERIFY:
+    case CRAFT__RUN_CONFIG_CHANGE:
+    case CRAFT__RUN_READ_INDEX:
+    case CRAFT__RUN_TRANSFER:
         craft__fail_future((craft_future_t *)m, CRAFT_ESHUTDOWN);
         break;
+    case CRAFT__RUN_TIMEOUT_NOW:
     case CRAFT__RUN_VOTE:
         free(((craft__vote_msg_t *)m)->id);
         free(m);
@@ -373,6 +392,9 @@ static void shutdown_message(craft_t *r, craft__msg_t *m)
         break;
     case CRAFT__RUN_VERIFY_ACK:
         atomic_store(&r->verify_ack_posted, false);
+        break;
+    case CRAFT__RUN_RELOAD:
+        atomic_store(&r->reload_posted, false);
         break;
     default:
         break;
