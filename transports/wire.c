@@ -65,10 +65,12 @@ void craft__wire_put_time(craft__mp_buf_t *b, int64_t unix_ns)
 /* Unix seconds + nanoseconds -> Unix ns; 0 (unknown) when out of range. */
 static int64_t to_unix_ns(int64_t sec, int64_t nsec)
 {
-    if (sec > INT64_MAX / NS_PER_S - 1 || sec < INT64_MIN / NS_PER_S + 1) {
+    int64_t ns;
+    if (__builtin_mul_overflow(sec, NS_PER_S, &ns) ||
+        __builtin_add_overflow(ns, nsec, &ns)) {
         return 0;
     }
-    return sec * NS_PER_S + nsec;
+    return ns;
 }
 
 /* msgpack timestamp payload (4, 8 or 12 bytes), as go-msgpack 1.1.5 writes
@@ -670,6 +672,10 @@ static void close_map(craft__mp_reader_t *r, bool opened)
 static int decode_log(craft__mp_reader_t *r, craft_log_t *l)
 {
     int rv;
+    if (r->pos < r->len && r->p[r->pos] == 0xc0) {
+        /* a nil *Log would crash a Go receiver: never valid */
+        return bad(r, "nil log entry");
+    }
     FOR_EACH_KEY(r, rv, k, kl, {
         if (craft__mp_key_is(k, kl, "Index")) {
             rv = craft__mp_read_uint(r, &l->index);
