@@ -136,7 +136,7 @@ sq_log(const sq_db_t *d, craft_level_t level, const char *fmt, ...)
     va_end(ap);
     if (d->logger != NULL) {
         d->logger(d->logger_ctx, level, "sqlite", msg);
-    } else {
+    } else if (level >= CRAFT_LEVEL_WARN) {
         fprintf(stderr, "[%s] sqlite: %s\n", sq_level_name(level), msg);
     }
 }
@@ -307,6 +307,9 @@ static int sq_bounds(sq_db_t *d, uint64_t *first, uint64_t *last)
 static int sq_first_index(void *ctx, uint64_t *index)
 {
     sq_db_t *d = ctx;
+    if (index == NULL) {
+        return CRAFT_EINVAL;
+    }
     int rv = sq_check_failed(d);
     *index = rv == 0 ? atomic_load(&d->first) : 0;
     return rv;
@@ -315,6 +318,9 @@ static int sq_first_index(void *ctx, uint64_t *index)
 static int sq_last_index(void *ctx, uint64_t *index)
 {
     sq_db_t *d = ctx;
+    if (index == NULL) {
+        return CRAFT_EINVAL;
+    }
     int rv = sq_check_failed(d);
     *index = rv == 0 ? atomic_load(&d->last) : 0;
     return rv;
@@ -609,6 +615,9 @@ static int sq_stage_commit_index(void *ctx, uint64_t index)
 static int sq_get_commit_index(void *ctx, uint64_t *index)
 {
     sq_db_t *d = ctx;
+    if (index == NULL) {
+        return CRAFT_EINVAL;
+    }
     pthread_mutex_lock(&d->mu);
     int rv = sq_check_failed(d);
     *index = rv == 0 ? d->commit_index : 0;

@@ -55,7 +55,8 @@ typedef struct craft_sqlite_options {
      * file) at open. Default false: a corrupt file is refused at open. */
     bool skip_open_check;
     /* Where errors and warnings go (component "sqlite"); NULL = stderr lines
-     * "[LEVEL] sqlite: message". Called from the calling thread. */
+     * "[LEVEL] sqlite: message" for warnings and errors only. Called on the
+     * thread making the failing call; must be thread-safe. */
     craft_logger_fn logger;
     void *logger_ctx;
 } craft_sqlite_options_t;
