@@ -86,11 +86,12 @@ typedef struct inmem_transport {
     int64_t timeout_ms;
     atomic_int refs;
 
-    /* Under topology_mu. */
-    struct inmem_transport **peers; /* transports we reach */
+    /* Under topology_mu. Arrays of inmem_transport_t * (void ** so that the
+     * generic ptr_push/ptr_remove need no aliasing casts). */
+    void **peers;   /* transports we reach */
     size_t n_peers;
     size_t cap_peers;
-    struct inmem_transport **sources; /* transports reaching us */
+    void **sources; /* transports reaching us */
     size_t n_sources;
     size_t cap_sources;
 
@@ -105,7 +106,7 @@ typedef struct inmem_transport {
 
     /* Under intern_mu. */
     pthread_mutex_t intern_mu;
-    char **interned;
+    void **interned; /* char *, owned */
     size_t n_interned;
     size_t cap_interned;
 } inmem_transport_t;
@@ -419,8 +420,7 @@ static const char *intern(inmem_transport_t *t, const char *s)
     if (copy == NULL) {
         goto done;
     }
-    if (!ptr_push((void ***)&t->interned, &t->n_interned, &t->cap_interned,
-                  copy)) {
+    if (!ptr_push(&t->interned, &t->n_interned, &t->cap_interned, copy)) {
         free(copy);
         goto done;
     }
@@ -499,7 +499,9 @@ static void call_respond(craft_rpc_t *rpc, int err)
         }
     }
     pthread_mutex_lock(&c->mu);
-    if (c->responded) { /* a second respond breaks the contract: ignore it */
+    if (c->responded) {
+        /* A second respond breaks the contract; ignored while the caller
+         * still holds the call (afterwards the call may be gone). */
         pthread_mutex_unlock(&c->mu);
         return;
     }
@@ -692,8 +694,9 @@ static inmem_transport_t *peer_lookup(inmem_transport_t *t, const char *target)
     inmem_transport_t *peer = NULL;
     pthread_mutex_lock(&topology_mu);
     for (size_t i = 0; i < t->n_peers; i++) {
-        if (strcmp(t->peers[i]->addr, target) == 0) {
-            peer = t->peers[i];
+        inmem_transport_t *candidate = t->peers[i];
+        if (strcmp(candidate->addr, target) == 0) {
+            peer = candidate;
             transport_ref(peer);
             break;
         }
@@ -1175,12 +1178,12 @@ static void unlink_all(inmem_transport_t *t)
 {
     for (size_t i = 0; i < t->n_peers; i++) {
         inmem_transport_t *peer = t->peers[i];
-        ptr_remove((void **)peer->sources, &peer->n_sources, t);
+        ptr_remove(peer->sources, &peer->n_sources, t);
     }
     t->n_peers = 0;
     for (size_t i = 0; i < t->n_sources; i++) {
         inmem_transport_t *src = t->sources[i];
-        ptr_remove((void **)src->peers, &src->n_peers, t);
+        ptr_remove(src->peers, &src->n_peers, t);
     }
     t->n_sources = 0;
 }
@@ -1293,17 +1296,17 @@ void craft_inmem_transport_connect(craft_transport_t *a, craft_transport_t *b)
         if (strcmp(old->addr, tb->addr) == 0) {
             /* Addresses are keys (hashicorp's map): the newer transport at
              * this address replaces the older one. */
-            ptr_remove((void **)ta->peers, &ta->n_peers, old);
-            ptr_remove((void **)old->sources, &old->n_sources, ta);
+            ptr_remove(ta->peers, &ta->n_peers, old);
+            ptr_remove(old->sources, &old->n_sources, ta);
             break;
         }
     }
     /* The header gives connect no error return: on allocation failure the
      * link is not made and RPCs keep failing with CRAFT_EUNREACHABLE. */
-    if (!ptr_push((void ***)&ta->peers, &ta->n_peers, &ta->cap_peers, tb)) {
+    if (!ptr_push(&ta->peers, &ta->n_peers, &ta->cap_peers, tb)) {
         goto out;
     }
-    if (!ptr_push((void ***)&tb->sources, &tb->n_sources, &tb->cap_sources, ta)) {
+    if (!ptr_push(&tb->sources, &tb->n_sources, &tb->cap_sources, ta)) {
         ta->n_peers--;
     }
 out:
@@ -1318,8 +1321,8 @@ void craft_inmem_transport_disconnect(craft_transport_t *a, craft_transport_t *b
     inmem_transport_t *ta = a->ctx;
     inmem_transport_t *tb = b->ctx;
     pthread_mutex_lock(&topology_mu);
-    ptr_remove((void **)ta->peers, &ta->n_peers, tb);
-    ptr_remove((void **)tb->sources, &tb->n_sources, ta);
+    ptr_remove(ta->peers, &ta->n_peers, tb);
+    ptr_remove(tb->sources, &tb->n_sources, ta);
     pthread_mutex_unlock(&topology_mu);
 }
 
@@ -1332,7 +1335,7 @@ void craft_inmem_transport_disconnect_all(craft_transport_t *a)
     pthread_mutex_lock(&topology_mu);
     for (size_t i = 0; i < ta->n_peers; i++) {
         inmem_transport_t *peer = ta->peers[i];
-        ptr_remove((void **)peer->sources, &peer->n_sources, ta);
+        ptr_remove(peer->sources, &peer->n_sources, ta);
     }
     ta->n_peers = 0;
     pthread_mutex_unlock(&topology_mu);

@@ -12,6 +12,21 @@
  * (both stage_commit_index and get_commit_index set); offering only one of
  * the two is itself a failure.
  *
+ * Semantics checked where craft.h leaves room (all as hashicorp's stores):
+ *  - store_logs accepts entries not contiguous with the stored ones (gaps);
+ *    first/last_index are the smallest/largest stored indexes and get_log of
+ *    an index in a gap is CRAFT_ENOTFOUND;
+ *  - store_logs of n == 0 entries succeeds; a batch holding an invalid entry
+ *    (index 0, len > 0 with data NULL, ext_len > 0 with ext NULL) fails as a
+ *    whole and leaves the store unchanged;
+ *  - delete_range deletes whatever exists in [min, max] (the range may reach
+ *    past either end); min > max is an error or a no-op;
+ *  - get_log of index 0 and NULL out-pointers are errors (any negative code);
+ *  - get_log returns NULL data/ext for empty ones; StableStore get may return
+ *    NULL or a buffer for an empty value;
+ *  - the staged commit index is persisted by the next store_logs at the
+ *    latest (the suite only reads it after a store_logs).
+ *
  * Ownership: `f` (and f->arg) are borrowed and must outlive the srunner run.
  * The suites keep `f` in a file-level variable, so one process runs one
  * factory per suite kind at a time: building a second log store suite
