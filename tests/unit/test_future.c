@@ -1,6 +1,7 @@
 /* lib/future.c: completion, waiting, callbacks, accessors and lifetime. */
 #include <check.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -187,6 +188,50 @@ START_TEST(test_wait_for_pending)
     ck_assert_int_eq(craft_future_wait_for(f, 20), CRAFT_EIO);
     ck_assert_int_eq(craft_future_wait(f), CRAFT_EIO);
     craft_future_free(f);
+}
+END_TEST
+
+static bool blocked_or_returned(void *arg)
+{
+    waiter_t *w = arg;
+    if (atomic_load(&w->returned)) {
+        return true;
+    }
+    pid_t tid = (pid_t)atomic_load(&w->tid);
+    return tid != 0 && ut_task_sleeping(&tid);
+}
+
+/*
+ * BUG (lib/future.c:98, craft_future_wait_for): the deadline is computed as
+ * craft__now_ns() + CRAFT__MS(timeout_ms) in int64_t. For timeout_ms above
+ * INT64_MAX / 1e6 (~9.2e12 ms, about 292 years) the multiplication overflows
+ * (undefined behaviour; UBSan reports it) and in practice wraps negative, so
+ * a "wait practically forever" call such as wait_for(f, INT64_MAX) returns
+ * CRAFT_EPENDING at once instead of waiting for the completion. The timeout
+ * should saturate (or be treated as "forever").
+ */
+START_TEST(test_wait_for_huge_timeout_BUG)
+{
+    const int64_t timeouts[] = {INT64_MAX, INT64_MAX / 1000, 10000000000000LL};
+    for (size_t i = 0; i < sizeof timeouts / sizeof timeouts[0]; i++) {
+        craft_future_t *f = craft__future_new(CRAFT__FUT_GENERIC);
+        waiter_t w;
+        pthread_t th;
+        w.f = f;
+        w.timeout_ms = timeouts[i];
+        atomic_init(&w.tid, 0);
+        atomic_init(&w.returned, 0);
+        w.result = 12345;
+        ck_assert_int_eq(pthread_create(&th, NULL, waiter_main, &w), 0);
+        ck_assert(tu_wait_for(blocked_or_returned, &w, 10000));
+        bool returned_early = atomic_load(&w.returned) != 0;
+        craft__future_complete(f, 0);
+        pthread_join(th, NULL);
+        ck_assert_msg(!returned_early && w.result == 0,
+                      "wait_for(timeout_ms=%lld) returned %d before completion",
+                      (long long)timeouts[i], w.result);
+        craft_future_free(f);
+    }
 }
 END_TEST
 
@@ -600,6 +645,11 @@ static Suite *future_suite(void)
     tcase_add_test(tc, test_complete_twice);
     tcase_add_test(tc, test_complete_twice_concurrently);
     tcase_add_test(tc, test_many_waiters);
+    suite_add_tcase(s, tc);
+
+    /* Tests that expose known bugs in lib/ (see each test's comment). */
+    tc = tcase_create("bugs");
+    tcase_add_test(tc, test_wait_for_huge_timeout_BUG);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("on_done");

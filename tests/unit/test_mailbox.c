@@ -497,6 +497,9 @@ static Suite *mailbox_suite(void)
 
     tc = tcase_create("threads");
     tcase_add_test(tc, test_many_producers_one_consumer);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("close_race");
     tcase_add_test(tc, test_close_races_posts);
     suite_add_tcase(s, tc);
 
