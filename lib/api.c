@@ -320,7 +320,8 @@ static craft_future_t *submit_future(craft_t *r, craft_future_t *f, int type,
 {
     f->msg.type = type;
     if (timeout_ms > 0) {
-        f->deadline_ns = f->enqueued_ns + CRAFT__MS(timeout_ms);
+        const int64_t max_ms = (int64_t)365 * 24 * 3600 * 1000;
+        f->deadline_ns = f->enqueued_ns + CRAFT__MS(timeout_ms < max_ms ? timeout_ms : max_ms);
     }
     if (atomic_load(&r->shutting_down)) {
         craft__future_complete(f, CRAFT_ESHUTDOWN);

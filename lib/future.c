@@ -97,7 +97,14 @@ int craft_future_wait_for(craft_future_t *f, int64_t timeout_ms)
     if (f == NULL) {
         return CRAFT_EINVAL;
     }
-    int64_t deadline = craft__now_ns() + CRAFT__MS(timeout_ms < 0 ? 0 : timeout_ms);
+    /* Clamp so that now + timeout cannot overflow (a year is plenty). */
+    const int64_t max_ms = (int64_t)365 * 24 * 3600 * 1000;
+    if (timeout_ms < 0) {
+        timeout_ms = 0;
+    } else if (timeout_ms > max_ms) {
+        timeout_ms = max_ms;
+    }
+    int64_t deadline = craft__now_ns() + CRAFT__MS(timeout_ms);
     craft__mutex_lock(&f->mu);
     while (!f->done && craft__now_ns() < deadline) {
         craft__cond_wait_until(&f->cond, &f->mu, deadline);
