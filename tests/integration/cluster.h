@@ -76,6 +76,11 @@ void tc_heal(tc_cluster_t *c);
 /* Applies "prefix-k" commands on the leader, retrying on leader changes.
  * Returns the count applied successfully (== n on success). */
 size_t tc_apply_n(tc_cluster_t *c, const char *prefix, size_t n);
+/* Applies one command, retrying on leadership changes (the command is only
+ * retried when it certainly was not committed: ENOTLEADER; on
+ * ELEADERSHIPLOST it may have been, so callers must tolerate duplicates or
+ * check). Returns the completed future; *leader = node that accepted it. */
+craft_future_t *tc_apply_one(tc_cluster_t *c, const char *data, int *leader);
 /* Waits until every running node's FSM applied at least `count` commands
  * and all hold identical sequences. */
 bool tc_wait_converged(tc_cluster_t *c, size_t count, int64_t timeout_ms);

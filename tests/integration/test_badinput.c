@@ -81,6 +81,14 @@ START_TEST(test_bootstrap_existing_state)
 }
 END_TEST
 
+static bool knows_leader(void *arg)
+{
+    char *addr = NULL;
+    int rv = craft_leader((craft_t *)arg, NULL, &addr);
+    free(addr);
+    return rv == 0;
+}
+
 START_TEST(test_apply_on_follower)
 {
     tc_cluster_t *c = tc_new(3, 3);
@@ -98,8 +106,11 @@ START_TEST(test_apply_on_follower)
     fut = craft_verify_leader(c->nodes[f].r);
     ck_assert_int_eq(craft_future_wait(fut), CRAFT_ENOTLEADER);
     craft_future_free(fut);
-    /* The leader's address is available to redirect the client. */
+    /* The leader's address is available to redirect the client (once the
+     * follower has heard from it). */
     char *id = NULL, *addr = NULL;
+    ck_assert(tu_wait_for(knows_leader, c->nodes[f].r, TC_WAIT_MS));
+    l = tc_leader(c, TC_WAIT_MS);
     ck_assert_int_eq(craft_leader(c->nodes[f].r, &id, &addr), 0);
     ck_assert_str_eq(addr, c->nodes[l].addr);
     ck_assert_str_eq(id, c->nodes[l].id);

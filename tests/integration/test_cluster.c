@@ -52,15 +52,14 @@ END_TEST
 START_TEST(test_apply_response_and_index)
 {
     tc_cluster_t *c = tc_new(3, 3);
-    int l = tc_leader(c, TC_WAIT_MS);
-    ck_assert_int_ge(l, 0);
-    craft_future_t *f = craft_apply(c->nodes[l].r, "hello", 5, 1000);
-    ck_assert_int_eq(craft_future_wait(f), 0);
+    int l = -1;
+    craft_future_t *f = tc_apply_one(c, "hello", &l);
     uint64_t idx = craft_future_index(f);
     ck_assert_uint_gt(idx, 1);
     ck_assert_uint_eq((uintptr_t)craft_future_response(f), idx);
     ck_assert_uint_ge(craft_applied_index(c->nodes[l].r), idx);
     ck_assert_uint_ge(craft_commit_index(c->nodes[l].r), idx);
+    ck_assert(tc_fsm_has(c, (size_t)l, "hello"));
     craft_future_free(f);
     tc_free(c);
 }
@@ -69,25 +68,39 @@ END_TEST
 START_TEST(test_barrier)
 {
     tc_cluster_t *c = tc_new(3, 3);
-    int l = tc_leader(c, TC_WAIT_MS);
-    ck_assert_int_ge(l, 0);
-    craft_future_t *fs[50];
-    for (int i = 0; i < 50; i++) {
-        char buf[32];
-        snprintf(buf, sizeof buf, "b-%d", i);
-        fs[i] = craft_apply(c->nodes[l].r, buf, strlen(buf), 0);
+    bool done = false;
+    /* Retried only if leadership changes under the (slow, sanitized) test. */
+    for (int attempt = 0; attempt < 10 && !done; attempt++) {
+        int l = tc_leader(c, TC_WAIT_MS);
+        ck_assert_int_ge(l, 0);
+        craft_future_t *fs[50];
+        for (int i = 0; i < 50; i++) {
+            char buf[32];
+            snprintf(buf, sizeof buf, "b%d-%d", attempt, i);
+            fs[i] = craft_apply(c->nodes[l].r, buf, strlen(buf), 0);
+        }
+        craft_future_t *b = craft_barrier(c->nodes[l].r, 0);
+        int rv = craft_future_wait(b);
+        if (rv == 0) {
+            /* Everything before the barrier is applied on the leader now. */
+            ck_assert_uint_ge(craft_applied_index(c->nodes[l].r), craft_future_index(b));
+            for (int i = 0; i < 50; i++) {
+                ck_assert(craft_future_done(fs[i]));
+                ck_assert_int_eq(craft_future_wait(fs[i]), 0);
+                char buf[32];
+                snprintf(buf, sizeof buf, "b%d-%d", attempt, i);
+                ck_assert(tc_fsm_has(c, (size_t)l, buf));
+            }
+            done = true;
+        } else {
+            ck_assert(rv == CRAFT_ELEADERSHIPLOST || rv == CRAFT_ENOTLEADER);
+        }
+        for (int i = 0; i < 50; i++) {
+            craft_future_free(fs[i]);
+        }
+        craft_future_free(b);
     }
-    craft_future_t *b = craft_barrier(c->nodes[l].r, 0);
-    ck_assert_int_eq(craft_future_wait(b), 0);
-    /* Everything before the barrier is applied on the leader now. */
-    ck_assert_uint_ge(tc_fsm_count(c, (size_t)l), 50);
-    ck_assert_uint_ge(craft_applied_index(c->nodes[l].r), craft_future_index(b));
-    for (int i = 0; i < 50; i++) {
-        ck_assert(craft_future_done(fs[i]));
-        ck_assert_int_eq(craft_future_wait(fs[i]), 0);
-        craft_future_free(fs[i]);
-    }
-    craft_future_free(b);
+    ck_assert(done);
     tc_free(c);
 }
 END_TEST
@@ -95,11 +108,16 @@ END_TEST
 START_TEST(test_verify_leader_healthy)
 {
     tc_cluster_t *c = tc_new(3, 3);
-    int l = tc_leader(c, TC_WAIT_MS);
-    ck_assert_int_ge(l, 0);
-    craft_future_t *f = craft_verify_leader(c->nodes[l].r);
-    ck_assert_int_eq(craft_future_wait(f), 0);
-    craft_future_free(f);
+    int rv = -1;
+    for (int attempt = 0; attempt < 10 && rv != 0; attempt++) {
+        int l = tc_leader(c, TC_WAIT_MS);
+        ck_assert_int_ge(l, 0);
+        craft_future_t *f = craft_verify_leader(c->nodes[l].r);
+        rv = craft_future_wait(f);
+        ck_assert(rv == 0 || rv == CRAFT_ELEADERSHIPLOST || rv == CRAFT_ENOTLEADER);
+        craft_future_free(f);
+    }
+    ck_assert_int_eq(rv, 0);
     tc_free(c);
 }
 END_TEST
