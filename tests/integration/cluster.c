@@ -108,6 +108,9 @@ void tc_start(tc_cluster_t *c, size_t i)
 
 void tc_stop(tc_cluster_t *c, size_t i)
 {
+    if (c->nodes[i].r == NULL) {
+        return;
+    }
     craft_free(c->nodes[i].r);
     c->nodes[i].r = NULL;
 }
@@ -166,6 +169,27 @@ tc_cluster_t *tc_new_with(size_t n, size_t voters, void (*tweak)(craft_config_t 
 tc_cluster_t *tc_new(size_t n, size_t voters)
 {
     return tc_new_with(n, voters, NULL);
+}
+
+size_t tc_spawn(tc_cluster_t *c)
+{
+    ck_assert(c->n < TC_MAX);
+    size_t i = c->n;
+    tc_node_t *nd = &c->nodes[i];
+    memset(nd, 0, sizeof *nd);
+    snprintf(nd->id, sizeof nd->id, "node%zu", i);
+    snprintf(nd->addr, sizeof nd->addr, "addr%zu", i);
+    fsm_init(&nd->fsm);
+    nd->vt.ctx = &nd->fsm;
+    nd->vt.apply = fsm_apply;
+    ck_assert_int_eq(craft_inmem_store_new(&nd->log, &nd->stable), 0);
+    ck_assert_int_eq(craft_inmem_transport_new(nd->addr, &nd->trans), 0);
+    c->n++;
+    for (size_t j = 0; j < i; j++) {
+        tc_link(c, i, j);
+    }
+    tc_start(c, i);
+    return i;
 }
 
 void tc_free(tc_cluster_t *c)

@@ -54,6 +54,9 @@ tc_cluster_t *tc_new(size_t n, size_t voters);
 /* Same, with a config tweak applied to each node's config before start. */
 tc_cluster_t *tc_new_with(size_t n, size_t voters, void (*tweak)(craft_config_t *));
 void tc_free(tc_cluster_t *c);
+/* Adds a brand-new node (empty stores, not bootstrapped, linked to every
+ * node) and starts it; returns its index. */
+size_t tc_spawn(tc_cluster_t *c);
 
 /* Index of the single leader, waiting up to timeout_ms; -1 if none. */
 int tc_leader(tc_cluster_t *c, int64_t timeout_ms);
