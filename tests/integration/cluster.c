@@ -115,11 +115,42 @@ void tc_stop(tc_cluster_t *c, size_t i)
     c->nodes[i].r = NULL;
 }
 
+static void open_stores(tc_cluster_t *c, size_t i)
+{
+    tc_node_t *nd = &c->nodes[i];
+    if (c->store_open != NULL) {
+        int rv = c->store_open(c->dir, i, &nd->log, &nd->stable);
+        ck_assert_msg(rv == 0, "store open failed: %s", craft_strerror(rv));
+    } else {
+        ck_assert_int_eq(craft_inmem_store_new(&nd->log, &nd->stable), 0);
+    }
+}
+
+void tc_reopen_stores(tc_cluster_t *c, size_t i)
+{
+    tc_node_t *nd = &c->nodes[i];
+    ck_assert_ptr_null(nd->r);
+    nd->log->close(nd->log->ctx);
+    nd->stable->close(nd->stable->ctx);
+    open_stores(c, i);
+}
+
 tc_cluster_t *tc_new_with(size_t n, size_t voters, void (*tweak)(craft_config_t *))
+{
+    return tc_new_stores(n, voters, tweak, NULL);
+}
+
+tc_cluster_t *tc_new_stores(size_t n, size_t voters, void (*tweak)(craft_config_t *),
+                            tc_store_open_fn store_open)
 {
     ck_assert(n <= TC_MAX && voters <= n && voters >= 1);
     tc_cluster_t *c = calloc(1, sizeof *c);
     c->n = n;
+    c->store_open = store_open;
+    if (store_open != NULL) {
+        c->dir = tu_tmpdir("craft-cluster");
+        ck_assert_ptr_nonnull(c->dir);
+    }
     craft_config_default(&c->conf);
     /* Sanitizer builds run many times slower: scripts/test.sh scales the
      * timeouts (never assertions) so leadership does not flap. */
@@ -145,7 +176,7 @@ tc_cluster_t *tc_new_with(size_t n, size_t voters, void (*tweak)(craft_config_t 
         fsm_init(&nd->fsm);
         nd->vt.ctx = &nd->fsm;
         nd->vt.apply = fsm_apply;
-        ck_assert_int_eq(craft_inmem_store_new(&nd->log, &nd->stable), 0);
+        open_stores(c, i);
         ck_assert_int_eq(craft_inmem_transport_new(nd->addr, &nd->trans), 0);
         cfg.servers[i].id = nd->id;
         cfg.servers[i].address = nd->addr;
@@ -182,7 +213,7 @@ size_t tc_spawn(tc_cluster_t *c)
     fsm_init(&nd->fsm);
     nd->vt.ctx = &nd->fsm;
     nd->vt.apply = fsm_apply;
-    ck_assert_int_eq(craft_inmem_store_new(&nd->log, &nd->stable), 0);
+    open_stores(c, i);
     ck_assert_int_eq(craft_inmem_transport_new(nd->addr, &nd->trans), 0);
     c->n++;
     for (size_t j = 0; j < i; j++) {
@@ -203,6 +234,10 @@ void tc_free(tc_cluster_t *c)
         n->log->close(n->log->ctx);
         n->stable->close(n->stable->ctx);
         fsm_destroy(&n->fsm);
+    }
+    if (c->dir != NULL) {
+        tu_rmrf(c->dir);
+        free(c->dir);
     }
     free(c);
 }

@@ -41,8 +41,15 @@ typedef struct tc_node {
     int leader_notifications; /* +1 gained, -1 lost */
 } tc_node_t;
 
+/* Optional store factory (default: inmem stores). `dir` is the cluster's
+ * temporary directory. */
+typedef int (*tc_store_open_fn)(const char *dir, size_t i, craft_log_store_t **log,
+                                craft_stable_store_t **stable);
+
 typedef struct tc_cluster {
     size_t n;
+    tc_store_open_fn store_open;
+    char *dir;
     tc_node_t nodes[TC_MAX];
     craft_config_t conf;
     bool connected[TC_MAX][TC_MAX];
@@ -53,6 +60,12 @@ typedef struct tc_cluster {
 tc_cluster_t *tc_new(size_t n, size_t voters);
 /* Same, with a config tweak applied to each node's config before start. */
 tc_cluster_t *tc_new_with(size_t n, size_t voters, void (*tweak)(craft_config_t *));
+/* Same, with stores from `open` (created in a fresh temp dir). */
+tc_cluster_t *tc_new_stores(size_t n, size_t voters, void (*tweak)(craft_config_t *),
+                            tc_store_open_fn open);
+/* Closes node i's stores and reopens them through the factory (the node
+ * must be stopped). */
+void tc_reopen_stores(tc_cluster_t *c, size_t i);
 void tc_free(tc_cluster_t *c);
 /* Adds a brand-new node (empty stores, not bootstrapped, linked to every
  * node) and starts it; returns its index. */
