@@ -803,6 +803,30 @@ int craft_recover_cluster(const craft_config_t *config, craft_log_store_t *logs,
                           craft_stable_store_t *stable, craft_snapshot_store_t *snaps,
                           const craft_configuration_t *configuration);
 
+/* ---- snapshots ---- */
+
+/* Takes a snapshot now (hashicorp Snapshot): the FSM's state at its applied
+ * index, persisted to the SnapshotStore, then the log is compacted keeping
+ * trailing_logs entries. Errors: CRAFT_ENOTHINGNEW (nothing applied since
+ * the last snapshot), CRAFT_EBUSY (a configuration change is not applied
+ * yet), CRAFT_ENOTSUP (no snapshot store), store and FSM errors. */
+craft_future_t *craft_snapshot(craft_t *r);
+/* Opens the snapshot a successful craft_snapshot future produced: *meta
+ * (craft_snapshot_meta_free) and *reader (its close). */
+int craft_future_snapshot_open(craft_future_t *f, craft_snapshot_meta_t **meta,
+                               craft_reader_t **reader);
+/* Replaces the cluster's state with an external snapshot (hashicorp Restore;
+ * leader only). The data is written to the SnapshotStore at an index past
+ * the end of the log (so every follower receives it through InstallSnapshot),
+ * restored into the local FSM, then a no-op is committed; the future
+ * completes then. `meta` supplies size (-1 = unknown) and index; `reader` is
+ * borrowed: read to its end before the future completes, never closed by
+ * craft. Commands in flight fail with CRAFT_EABORTED. `timeout_ms` bounds
+ * the wait to start (0 = none). Errors: CRAFT_ENOTLEADER, CRAFT_ETRANSFER,
+ * CRAFT_ENOTSUP, CRAFT_ECORRUPT (size mismatch), store and FSM errors. */
+craft_future_t *craft_restore(craft_t *r, const craft_snapshot_meta_t *meta,
+                              craft_reader_t *reader, int64_t timeout_ms);
+
 /* ---- getters: any thread, never block on the run thread ---- */
 craft_state_t craft_state(craft_t *r);
 /* Current leader as malloc'd copies (free them); CRAFT_ENOTFOUND with NULLs

@@ -84,6 +84,14 @@ static int load_state(craft_t *r)
         return rv;
     }
 
+    /* The newest usable snapshot first (hashicorp restoreSnapshot). */
+    rv = craft__restore_on_start(r);
+    if (rv != 0) {
+        return rv;
+    }
+    uint64_t snap_index = atomic_load(&r->last_snapshot_index);
+    uint64_t snap_term = atomic_load(&r->last_snapshot_term);
+
     uint64_t first = 0, last = 0;
     if ((rv = r->logs->first_index(r->logs->ctx, &first)) != 0 ||
         (rv = r->logs->last_index(r->logs->ctx, &last)) != 0) {
@@ -119,7 +127,8 @@ static int load_state(craft_t *r)
             return rv == CRAFT_ENOTFOUND ? CRAFT_ECORRUPT : rv;
         }
         last_term = l.term;
-        if (l.type == CRAFT_LOG_CONFIGURATION) {
+        /* Entries kept behind the snapshot hold older configurations. */
+        if (l.type == CRAFT_LOG_CONFIGURATION && i > r->latest_index) {
             craft_configuration_t c;
             rv = craft__configuration_decode(l.data, l.len, &c);
             if (rv != 0) {
@@ -130,7 +139,7 @@ static int load_state(craft_t *r)
             craft_configuration_free(&r->latest);
             r->latest = c;
             r->latest_index = i;
-            if (i <= commit) {
+            if (i <= commit || i <= snap_index) {
                 craft_configuration_free(&r->committed);
                 rv = craft_configuration_copy(&r->committed, &c);
                 r->committed_index = i;
@@ -142,10 +151,16 @@ static int load_state(craft_t *r)
         }
         craft_log_release(&l);
     }
+    if (last < snap_index) {
+        last = snap_index;
+        last_term = snap_term;
+    }
     craft__set_last_log(r, last, last_term);
     craft__publish_configuration(r);
-    atomic_store(&r->commit_index, 0);
-    r->fsm_dispatched = 0;
+    craft__publish_committed(r);
+    /* Everything in the snapshot is committed and already in the FSM. */
+    atomic_store(&r->commit_index, snap_index);
+    r->fsm_dispatched = snap_index;
     if (commit > 0) {
         CRAFT__INFO(&r->log, "raft", "replaying committed logs: commit=%llu",
                     (unsigned long long)commit);
@@ -161,6 +176,8 @@ static void free_node(craft_t *r)
     craft_configuration_free(&r->latest);
     craft_configuration_free(&r->committed);
     craft_configuration_free(&r->latest_copy);
+    craft_configuration_free(&r->committed_copy);
+    craft__mailbox_destroy(&r->snapshot_mb);
     craft__window_destroy(&r->window);
     craft__mailbox_destroy(&r->run_mb);
     craft__mailbox_destroy(&r->fsm_mb);
@@ -212,6 +229,7 @@ int craft_new(craft_t **out, const craft_config_t *config, craft_fsm_t *fsm,
     craft__mutex_init(&r->shutdown_mu);
     craft__mailbox_init(&r->run_mb);
     craft__mailbox_init(&r->fsm_mb);
+    craft__mailbox_init(&r->snapshot_mb);
     craft__window_init(&r->window);
     craft__queue_init(&r->vote_threads);
     craft__queue_init(&r->shutdown_futures);
@@ -240,9 +258,24 @@ int craft_new(craft_t **out, const craft_config_t *config, craft_fsm_t *fsm,
         rv = CRAFT_ENOMEM;
         goto err_after_alloc;
     }
+    if (snaps != NULL) {
+        if (craft__thread_start(&r->snapshot_thread, "craft-snapshot", craft__snapshot_main,
+                                r) != 0) {
+            craft__mailbox_close(&r->fsm_mb);
+            craft__thread_join(&r->fsm_thread);
+            rv = CRAFT_ENOMEM;
+            goto err_after_alloc;
+        }
+        r->snapshot_thread_started = true;
+    }
     if (craft__thread_start(&r->run_thread, "craft-run", craft__run_main, r) != 0) {
+        atomic_store(&r->shutting_down, true);
+        craft__mailbox_close(&r->snapshot_mb);
         craft__mailbox_close(&r->fsm_mb);
         craft__thread_join(&r->fsm_thread);
+        if (r->snapshot_thread_started) {
+            craft__thread_join(&r->snapshot_thread);
+        }
         rv = CRAFT_ENOMEM;
         goto err_after_alloc;
     }
@@ -647,4 +680,57 @@ void craft_reloadable_config(craft_t *r, craft_reloadable_config_t *out)
     out->snapshot_threshold = atomic_load(&r->snapshot_threshold);
     out->heartbeat_timeout_ms = atomic_load(&r->ht_ms);
     out->election_timeout_ms = atomic_load(&r->et_ms);
+}
+
+craft_future_t *craft_snapshot(craft_t *r)
+{
+    if (r == NULL) {
+        return craft__future_failed(CRAFT_EINVAL);
+    }
+    if (r->snaps == NULL) {
+        return craft__future_failed(CRAFT_ENOTSUP);
+    }
+    craft_future_t *f = craft__future_new(CRAFT__FUT_SNAPSHOT);
+    if (f == NULL) {
+        return NULL;
+    }
+    if (atomic_load(&r->shutting_down) || craft__mailbox_post(&r->snapshot_mb, &f->msg) != 0) {
+        craft__future_complete(f, CRAFT_ESHUTDOWN);
+    }
+    return f;
+}
+
+int craft_future_snapshot_open(craft_future_t *f, craft_snapshot_meta_t **meta,
+                               craft_reader_t **reader)
+{
+    if (f == NULL || meta == NULL || reader == NULL || f->kind != CRAFT__FUT_SNAPSHOT) {
+        return CRAFT_EINVAL;
+    }
+    int rv = craft_future_wait(f);
+    if (rv != 0) {
+        return rv;
+    }
+    if (f->snaps == NULL || f->srv_id == NULL) {
+        return CRAFT_ENOTFOUND;
+    }
+    return f->snaps->open(f->snaps->ctx, f->srv_id, meta, reader);
+}
+
+craft_future_t *craft_restore(craft_t *r, const craft_snapshot_meta_t *meta,
+                              craft_reader_t *reader, int64_t timeout_ms)
+{
+    if (r == NULL || meta == NULL || reader == NULL || reader->read == NULL) {
+        return craft__future_failed(CRAFT_EINVAL);
+    }
+    if (r->snaps == NULL) {
+        return craft__future_failed(CRAFT_ENOTSUP);
+    }
+    craft_future_t *f = craft__future_new(CRAFT__FUT_RESTORE);
+    if (f == NULL) {
+        return NULL;
+    }
+    f->reader = reader;
+    f->restore_size = meta->size;
+    f->restore_index = meta->index;
+    return submit_future(r, f, CRAFT__RUN_RESTORE, timeout_ms);
 }

@@ -170,6 +170,11 @@ void craft__handle_append_entries(craft_t *r, craft_rpc_t *rpc)
             goto out;
         }
         int rv = craft__term_at(r, req->prev_log_entry, &prev_term);
+        if (rv == CRAFT_ENOTFOUND && req->prev_log_entry < atomic_load(&r->last_snapshot_index)) {
+            /* Compacted into our snapshot: committed, so it matches. */
+            rv = 0;
+            prev_term = req->prev_log_term;
+        }
         if (rv != 0) {
             CRAFT__WARN(&r->log, "raft", "failed to get previous log: prev=%llu error=%s",
                         (unsigned long long)req->prev_log_entry, craft_strerror(rv));
@@ -194,6 +199,9 @@ void craft__handle_append_entries(craft_t *r, craft_rpc_t *rpc)
             last = atomic_load(&r->last_log_index);
             if (e->index > last) {
                 break;
+            }
+            if (e->index <= atomic_load(&r->last_snapshot_index)) {
+                continue; /* covered by our snapshot: committed */
             }
             uint64_t term;
             int rv = craft__term_at(r, e->index, &term);

@@ -12,6 +12,7 @@
 typedef struct fsm_state {
     craft_t *r;
     uint64_t applied;
+    uint64_t applied_term;
     bool failed; /* an entry could not be read: stop applying (never skip) */
     craft__entry_t **ents;
     craft_log_t *cmds;
@@ -72,6 +73,7 @@ static void apply_batch(fsm_state_t *s, size_t n, craft__queue_t *futures)
     }
     uint64_t last = s->ents[n - 1]->log.index;
     s->applied = last;
+    s->applied_term = s->ents[n - 1]->log.term;
     atomic_store(&r->applied_index, last);
     complete_upto(s, futures, last, ncmd);
     /* Responses nobody waits for. */
@@ -123,6 +125,55 @@ static void apply_upto(fsm_state_t *s, uint64_t upto, craft__queue_t *futures)
     complete_upto(s, futures, s->applied, 0);
 }
 
+/* FSM snapshot between two batches: never concurrent with apply. */
+static void take_snapshot(fsm_state_t *s, craft__fsm_req_t *req)
+{
+    craft_t *r = s->r;
+    int rv = 0;
+    if (r->fsm->snapshot == NULL) {
+        rv = CRAFT_ENOTSUP;
+    } else if (s->failed) {
+        rv = CRAFT_EIO;
+    } else {
+        req->snap = NULL;
+        rv = r->fsm->snapshot(r->fsm->ctx, &req->snap);
+        if (rv == 0 && req->snap == NULL) {
+            rv = CRAFT_EINVAL;
+        }
+        req->index = s->applied;
+        req->term = s->applied_term;
+    }
+    craft__future_complete(req->done, rv);
+}
+
+static void restore(fsm_state_t *s, craft__fsm_req_t *req)
+{
+    craft_t *r = s->r;
+    craft_snapshot_meta_t *meta = NULL;
+    craft_reader_t *reader = NULL;
+    int rv = CRAFT_ENOTSUP;
+    if (r->fsm->restore != NULL && r->snaps != NULL) {
+        rv = r->snaps->open(r->snaps->ctx, req->snapshot_id, &meta, &reader);
+    }
+    if (rv == 0) {
+        rv = r->fsm->restore(r->fsm->ctx, reader);
+        reader->close(reader->ctx);
+        craft_snapshot_meta_free(meta);
+    }
+    if (rv == 0) {
+        s->applied = req->index;
+        s->applied_term = req->term;
+        s->failed = false;
+        atomic_store(&r->applied_index, req->index);
+        CRAFT__INFO(&r->log, "fsm", "restored snapshot: id=%s index=%llu", req->snapshot_id,
+                    (unsigned long long)req->index);
+    } else {
+        CRAFT__ERROR(&r->log, "fsm", "failed to restore snapshot: id=%s error=%s",
+                     req->snapshot_id, craft_strerror(rv));
+    }
+    craft__future_complete(req->done, rv);
+}
+
 void *craft__fsm_main(void *arg)
 {
     craft_t *r = arg;
@@ -131,6 +182,7 @@ void *craft__fsm_main(void *arg)
     fsm_state_t s = {
         .r = r,
         .applied = atomic_load(&r->applied_index),
+        .applied_term = atomic_load(&r->last_snapshot_term),
         .ents = malloc(max * sizeof(craft__entry_t *)),
         .cmds = malloc(max * sizeof(craft_log_t)),
         .responses = malloc(max * sizeof(void *)),
@@ -146,11 +198,22 @@ void *craft__fsm_main(void *arg)
         if (m == NULL) {
             break; /* closed and drained */
         }
-        craft__fsm_commit_t *c = (craft__fsm_commit_t *)m;
         /* Once the run thread closed the mailbox, stop applying. */
         craft__mutex_lock(&r->fsm_mb.mu);
         closing = r->fsm_mb.closed;
         craft__mutex_unlock(&r->fsm_mb.mu);
+        if (m->type != CRAFT__FSM_COMMIT) {
+            craft__fsm_req_t *req = (craft__fsm_req_t *)m;
+            if (closing) {
+                craft__future_complete(req->done, CRAFT_ESHUTDOWN);
+            } else if (m->type == CRAFT__FSM_SNAPSHOT) {
+                take_snapshot(&s, req);
+            } else {
+                restore(&s, req);
+            }
+            continue;
+        }
+        craft__fsm_commit_t *c = (craft__fsm_commit_t *)m;
         if (closing || s.failed) {
             fail_all(&c->futures, s.failed ? CRAFT_EIO : CRAFT_ESHUTDOWN);
         } else {

@@ -19,6 +19,8 @@ typedef enum {
     CRAFT__FUT_MEMBERSHIP, /* add/remove/demote: op, srv_id, srv_addr */
     CRAFT__FUT_READ_INDEX,
     CRAFT__FUT_TRANSFER, /* srv_id / srv_addr: target or NULL */
+    CRAFT__FUT_SNAPSHOT, /* srv_id: the snapshot id once done */
+    CRAFT__FUT_RESTORE,  /* reader + restore_meta */
     CRAFT__FUT_SHUTDOWN
 } craft__future_kind_t;
 
@@ -47,6 +49,10 @@ struct craft_future {
     char *srv_id;
     char *srv_addr;
     uint64_t prev_index;
+    craft_reader_t *reader;         /* restore: borrowed */
+    int64_t restore_size;           /* restore: -1 unknown */
+    uint64_t restore_index;
+    craft_snapshot_store_t *snaps;  /* snapshot: for craft_future_snapshot_open */
 };
 
 /* New pending future with two references (caller + craft). NULL on ENOMEM. */

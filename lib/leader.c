@@ -577,6 +577,91 @@ static void handle_apply(craft_t *r, craft_future_t *f)
     craft__queue_push(&L(r)->pending, &f->link);
 }
 
+#define RESTORE_CHUNK (256 * 1024)
+
+/* hashicorp restoreUserSnapshot: the external snapshot becomes a snapshot
+ * at an index past the end of the log, so every follower gets it through
+ * InstallSnapshot; then a no-op of this term commits it. */
+void craft__leader_restore(craft_t *r, craft_future_t *f)
+{
+    if (L(r)->transfer != NULL) {
+        craft__fail_future(f, CRAFT_ETRANSFER);
+        return;
+    }
+    uint64_t term = atomic_load(&r->current_term);
+    uint64_t index = atomic_load(&r->last_log_index);
+    if (f->restore_index > index) {
+        index = f->restore_index;
+    }
+    index++;
+    craft_snapshot_sink_t *sink = NULL;
+    int rv = r->snaps->create(r->snaps->ctx, 1, index, term, &r->latest, r->latest_index, &sink);
+    if (rv != 0) {
+        craft__fail_future(f, rv);
+        return;
+    }
+    char *buf = malloc(RESTORE_CHUNK);
+    int64_t copied = 0;
+    rv = buf == NULL ? CRAFT_ENOMEM : 0;
+    while (rv == 0) {
+        int64_t n = f->reader->read(f->reader->ctx, buf, RESTORE_CHUNK);
+        if (n <= 0) {
+            rv = (int)n;
+            break;
+        }
+        copied += n;
+        rv = sink->write(sink->ctx, buf, (size_t)n);
+    }
+    free(buf);
+    if (rv == 0 && f->restore_size >= 0 && copied != f->restore_size) {
+        CRAFT__ERROR(&r->log, "raft", "restore: snapshot is %lld bytes, meta says %lld",
+                     (long long)copied, (long long)f->restore_size);
+        rv = CRAFT_ECORRUPT;
+    }
+    char *id = rv == 0 ? strdup(sink->id(sink->ctx)) : NULL;
+    if (rv == 0) {
+        rv = id == NULL ? CRAFT_ENOMEM : sink->close(sink->ctx);
+    } else {
+        sink->cancel(sink->ctx);
+    }
+    if (rv != 0) {
+        free(id);
+        craft__fail_future(f, rv);
+        return;
+    }
+    /* Commands in flight are cut off by the restore. */
+    fail_queue(&L(r)->inflight, CRAFT_EABORTED);
+    rv = craft__fsm_restore(r, id, index, term);
+    free(id);
+    if (rv != 0) {
+        CRAFT__ERROR(&r->log, "raft", "failed to restore snapshot: %s", craft_strerror(rv));
+        craft__fail_future(f, rv);
+        /* The FSM is in an unknown state: stop leading. */
+        craft__set_state(r, CRAFT_FOLLOWER);
+        return;
+    }
+    craft__window_clear(&r->window);
+    craft__mutex_lock(&r->mu);
+    atomic_store(&r->last_snapshot_index, index);
+    atomic_store(&r->last_snapshot_term, term);
+    craft__mutex_unlock(&r->mu);
+    craft__set_last_log(r, index, term);
+    L(r)->stored_index = index;
+    if (r->fsm_dispatched < index) {
+        r->fsm_dispatched = index;
+    }
+    craft__commitment_match(L(r)->commitment, r->local_id, index);
+    CRAFT__INFO(&r->log, "raft", "restored user snapshot: index=%llu", (unsigned long long)index);
+    /* The future completes once a no-op after the snapshot is applied. */
+    f->reader = NULL;
+    f->entry = craft__entry_new(CRAFT_LOG_NOOP, NULL, 0, NULL, 0);
+    if (f->entry == NULL) {
+        craft__fail_future(f, CRAFT_ENOMEM);
+        return;
+    }
+    dispatch(r, &f, 1);
+}
+
 static void leader_enter(craft_t *r)
 {
     craft__leader_t *l = L(r);
@@ -673,6 +758,9 @@ void craft__leader_loop(craft_t *r)
                 break;
             case CRAFT__RUN_CONFIG_CHANGE:
                 craft__queue_push(&L(r)->config_pending, &((craft_future_t *)m)->link);
+                break;
+            case CRAFT__RUN_RESTORE:
+                craft__leader_restore(r, (craft_future_t *)m);
                 break;
             case CRAFT__RUN_READ_INDEX:
                 craft__queue_push(&L(r)->reads_waiting, &((craft_future_t *)m)->link);

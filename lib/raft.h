@@ -41,12 +41,38 @@ enum {
     CRAFT__RUN_TRANSFER,     /* craft_future_t */
     CRAFT__RUN_TIMEOUT_NOW,  /* craft__vote_msg_t: TimeoutNow result */
     CRAFT__RUN_RELOAD,       /* coalesced: r->reload_msg */
+    CRAFT__RUN_INSTALL_DONE, /* craft__install_t */
+    CRAFT__RUN_RESTORE,      /* craft_future_t (user restore) */
 };
 
 /* Messages of the fsm thread's mailbox. */
 enum {
     CRAFT__FSM_COMMIT = 1, /* craft__fsm_commit_t */
+    CRAFT__FSM_SNAPSHOT,   /* craft__fsm_req_t: take an FSM snapshot */
+    CRAFT__FSM_RESTORE,    /* craft__fsm_req_t: restore a stored snapshot */
 };
+
+/* A request the fsm thread answers by completing `done`. */
+typedef struct craft__fsm_req {
+    craft__msg_t msg;
+    craft_future_t *done;
+    /* FSM_SNAPSHOT results */
+    craft_fsm_snapshot_t *snap;
+    uint64_t index;
+    uint64_t term;
+    /* FSM_RESTORE input: the snapshot to restore (index/term above) */
+    char *snapshot_id;
+} craft__fsm_req_t;
+
+/* An InstallSnapshot being streamed by an install thread (follower). */
+typedef struct craft__install {
+    craft__msg_t msg; /* RUN_INSTALL_DONE */
+    craft_t *r;
+    craft_rpc_t *rpc;
+    craft__thread_t thread;
+    int err;
+    char *snapshot_id;
+} craft__install_t;
 
 typedef struct craft__rpc_msg {
     craft__msg_t msg;
@@ -193,6 +219,14 @@ struct craft {
     craft__thread_t fsm_thread;
     craft__mailbox_t fsm_mb;
 
+    /* ---- snapshots ---- */
+    craft__thread_t snapshot_thread;
+    craft__mailbox_t snapshot_mb;
+    bool snapshot_thread_started;
+    craft_configuration_t committed_copy; /* under mu: for the snapshot thread */
+    uint64_t committed_copy_index;        /* under mu */
+    craft__install_t *install;            /* run: InstallSnapshot in progress */
+
     /* ---- shutdown ---- */
     craft__mutex_t shutdown_mu;
     craft__queue_t shutdown_futures; /* under shutdown_mu */
@@ -266,6 +300,20 @@ void craft__observers_free(craft_t *r);
 /* ---- election.c: one-shot RPC threads ---- */
 /* Sends TimeoutNow to `id`/`addr` on a thread; result as RUN_TIMEOUT_NOW. */
 int craft__send_timeout_now(craft_t *r, const char *id, const char *addr);
+
+/* ---- snapshot.c ---- */
+void *craft__snapshot_main(void *arg);
+/* Asks the fsm thread to restore stored snapshot `id` at index/term; waits. */
+int craft__fsm_restore(craft_t *r, const char *id, uint64_t index, uint64_t term);
+/* Publishes r->committed for the snapshot thread (run thread). */
+void craft__publish_committed(craft_t *r);
+/* Follower side of InstallSnapshot (run thread). */
+void craft__handle_install_snapshot(craft_t *r, craft_rpc_t *rpc);
+void craft__install_done(craft_t *r, craft__install_t *in);
+/* Leader: user restore (run thread). */
+void craft__leader_restore(craft_t *r, craft_future_t *f);
+/* Restores the newest usable snapshot at start (craft_new). */
+int craft__restore_on_start(craft_t *r);
 
 /* ---- fsm.c ---- */
 void *craft__fsm_main(void *arg);

@@ -124,6 +124,87 @@ static int build_request(craft__repl_t *p, uint64_t next, uint64_t last,
     return 0;
 }
 
+/* Sends the newest snapshot (hashicorp sendLatestSnapshot): the peer needs
+ * entries that were compacted away. */
+static int send_snapshot(craft__repl_t *p, int *failures)
+{
+    craft_t *r = p->r;
+    if (r->snaps == NULL) {
+        CRAFT__ERROR(&r->log, "replication", "peer=%s needs a snapshot but there is no "
+                     "snapshot store", p->id);
+        (*failures)++;
+        return SEND_RETRY;
+    }
+    craft_snapshot_meta_t **metas = NULL;
+    size_t n = 0;
+    int rv = r->snaps->list(r->snaps->ctx, &metas, &n);
+    if (rv != 0 || n == 0) {
+        CRAFT__ERROR(&r->log, "replication", "failed to list snapshots for peer=%s: %s", p->id,
+                     rv != 0 ? craft_strerror(rv) : "none");
+        free(metas);
+        (*failures)++;
+        return SEND_RETRY;
+    }
+    char *id = strdup(metas[0]->id);
+    for (size_t i = 0; i < n; i++) {
+        craft_snapshot_meta_free(metas[i]);
+    }
+    free(metas);
+    craft_snapshot_meta_t *meta = NULL;
+    craft_reader_t *reader = NULL;
+    rv = id != NULL ? r->snaps->open(r->snaps->ctx, id, &meta, &reader) : CRAFT_ENOMEM;
+    free(id);
+    if (rv != 0) {
+        CRAFT__ERROR(&r->log, "replication", "failed to open snapshot for peer=%s: %s", p->id,
+                     craft_strerror(rv));
+        (*failures)++;
+        return SEND_RETRY;
+    }
+    craft_install_snapshot_req_t req;
+    memset(&req, 0, sizeof req);
+    craft__header(r, &req.header);
+    req.snapshot_version = meta->version;
+    req.term = p->term;
+    req.leader = r->local_addr;
+    req.last_log_index = meta->index;
+    req.last_log_term = meta->term;
+    req.configuration = meta->configuration;
+    req.configuration_index = meta->configuration_index;
+    req.size = meta->size;
+    craft_install_snapshot_resp_t resp;
+    memset(&resp, 0, sizeof resp);
+    CRAFT__INFO(&r->log, "replication", "sending snapshot to peer=%s index=%llu size=%lld",
+                p->id, (unsigned long long)meta->index, (long long)meta->size);
+    int64_t t0 = craft__now_ns();
+    rv = r->trans->install_snapshot(r->trans->ctx, p->id, p->addr, &req, &resp, reader);
+    reader->close(reader->ctx);
+    uint64_t index = meta->index;
+    craft_snapshot_meta_free(meta);
+    atomic_fetch_add(&p->st_rpcs, 1);
+    if (rv != 0) {
+        CRAFT__WARN(&r->log, "replication", "failed to install snapshot on peer=%s: %s", p->id,
+                    craft_strerror(rv));
+        atomic_fetch_add(&p->st_failures, 1);
+        (*failures)++;
+        return SEND_RETRY;
+    }
+    int64_t now = craft__now_ns();
+    atomic_store(&p->st_rtt_us, (uint64_t)(now - t0) / 1000);
+    if (resp.term > p->term) {
+        step_down_to(p, resp.term);
+        return SEND_STOP;
+    }
+    atomic_store(&p->last_contact_ns, now);
+    if (!resp.success) {
+        (*failures)++;
+        return SEND_RETRY;
+    }
+    record_match(p, index);
+    atomic_store(&p->next_index, index + 1);
+    *failures = 0;
+    return SEND_OK;
+}
+
 /* One synchronous AppendEntries (hashicorp replicateTo, one round). */
 static int replicate_once(craft__repl_t *p, int *failures)
 {
@@ -136,6 +217,10 @@ static int replicate_once(craft__repl_t *p, int *failures)
     uint64_t next = atomic_load(&p->next_index);
     uint64_t last = atomic_load(&r->last_log_index);
     int rv = build_request(p, next, last, &req, logs, ents, &n);
+    if (rv == CRAFT_ENOTFOUND) {
+        /* Compacted away (or a restore hole): the peer needs a snapshot. */
+        return send_snapshot(p, failures);
+    }
     if (rv != 0) {
         CRAFT__ERROR(&r->log, "replication", "failed to get log entries: peer=%s next=%llu "
                      "error=%s", p->id, (unsigned long long)next, craft_strerror(rv));

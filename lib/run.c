@@ -229,6 +229,7 @@ void craft__commit_to(craft_t *r, uint64_t index, craft__queue_t *futures)
             craft_configuration_free(&r->committed);
             r->committed = copy;
             r->committed_index = r->latest_index;
+            craft__publish_committed(r);
         }
     }
     if (r->logs->stage_commit_index != NULL && r->conf.restore_committed_logs) {
@@ -262,18 +263,6 @@ void craft__commit_to(craft_t *r, uint64_t index, craft__queue_t *futures)
     r->fsm_dispatched = index;
 }
 
-static void reply_install_snapshot(craft_t *r, craft_rpc_t *rpc)
-{
-    /* Snapshot installation is not part of this build yet: refuse cleanly so
-     * the leader keeps retrying and logs why. */
-    craft_install_snapshot_resp_t *resp = &rpc->resp.install_snapshot;
-    memset(resp, 0, sizeof *resp);
-    resp->term = atomic_load(&r->current_term);
-    resp->success = false;
-    CRAFT__WARN(&r->log, "raft", "refusing InstallSnapshot: snapshot install unsupported");
-    rpc->respond(rpc, CRAFT_ENOTSUP);
-}
-
 void craft__handle_rpc(craft_t *r, craft_rpc_t *rpc)
 {
     atomic_fetch_add(&r->st_rpcs, 1);
@@ -291,7 +280,7 @@ void craft__handle_rpc(craft_t *r, craft_rpc_t *rpc)
         craft__handle_timeout_now(r, rpc);
         break;
     case CRAFT_RPC_INSTALL_SNAPSHOT:
-        reply_install_snapshot(r, rpc);
+        craft__handle_install_snapshot(r, rpc);
         break;
     default:
         CRAFT__ERROR(&r->log, "raft", "unexpected rpc type: %d", (int)rpc->type);
@@ -344,7 +333,11 @@ bool craft__handle_common(craft_t *r, craft__msg_t *m)
     case CRAFT__RUN_CONFIG_CHANGE:
     case CRAFT__RUN_READ_INDEX:
     case CRAFT__RUN_TRANSFER:
+    case CRAFT__RUN_RESTORE:
         craft__fail_future((craft_future_t *)m, CRAFT_ENOTLEADER);
+        return true;
+    case CRAFT__RUN_INSTALL_DONE:
+        craft__install_done(r, (craft__install_t *)m);
         return true;
     case CRAFT__RUN_TIMEOUT_NOW:
         free(((craft__vote_msg_t *)m)->id);
@@ -373,7 +366,11 @@ static void shutdown_message(craft_t *r, craft__msg_t *m)
     case CRAFT__RUN_CONFIG_CHANGE:
     case CRAFT__RUN_READ_INDEX:
     case CRAFT__RUN_TRANSFER:
+    case CRAFT__RUN_RESTORE:
         craft__fail_future((craft_future_t *)m, CRAFT_ESHUTDOWN);
+        break;
+    case CRAFT__RUN_INSTALL_DONE:
+        craft__install_done(r, (craft__install_t *)m);
         break;
     case CRAFT__RUN_TIMEOUT_NOW:
     case CRAFT__RUN_VOTE:
@@ -407,7 +404,7 @@ static void run_shutdown(craft_t *r)
     craft__set_state(r, CRAFT_SHUTDOWN);
     /* Replication threads post their exit to run_mb: wait for all of them
      * while it is still open. */
-    while (r->repls_stopping > 0) {
+    while (r->repls_stopping > 0 || r->install != NULL) {
         craft__msg_t *m = craft__mailbox_wait(&r->run_mb, -1);
         if (m == NULL) {
             break;
@@ -426,9 +423,14 @@ static void run_shutdown(craft_t *r)
     while ((m = craft__mailbox_wait(&r->run_mb, 0)) != NULL) {
         shutdown_message(r, m);
     }
-    /* The fsm thread drains its queue, failing what it did not apply. */
+    /* The snapshot thread may wait on the fsm thread: close both, then join
+     * (the fsm thread drains its queue, failing what it did not apply). */
+    craft__mailbox_close(&r->snapshot_mb);
     craft__mailbox_close(&r->fsm_mb);
     craft__thread_join(&r->fsm_thread);
+    if (r->snapshot_thread_started) {
+        craft__thread_join(&r->snapshot_thread);
+    }
 }
 
 void *craft__run_main(void *arg)
