@@ -39,6 +39,126 @@ static void *fsm_apply(void *ctx, const craft_log_t *log)
     return (void *)(uintptr_t)log->index;
 }
 
+/* Snapshot: a serialized copy of the applied list, written in chunks. */
+typedef struct snap_buf {
+    craft_fsm_snapshot_t vt;
+    char *buf;
+    size_t len;
+} snap_buf_t;
+
+static void put_u64(char **p, uint64_t v)
+{
+    memcpy(*p, &v, 8);
+    *p += 8;
+}
+
+static int snap_persist(void *ctx, craft_snapshot_sink_t *sink)
+{
+    snap_buf_t *s = ctx;
+    int rv = 0;
+    for (size_t off = 0; off < s->len && rv == 0; off += 4096) {
+        size_t n = s->len - off < 4096 ? s->len - off : 4096;
+        rv = sink->write(sink->ctx, s->buf + off, n);
+    }
+    if (rv != 0) {
+        sink->cancel(sink->ctx);
+        return rv;
+    }
+    return sink->close(sink->ctx);
+}
+
+static void snap_release(void *ctx)
+{
+    snap_buf_t *s = ctx;
+    free(s->buf);
+    free(s);
+}
+
+static int fsm_snapshot(void *ctx, craft_fsm_snapshot_t **out)
+{
+    tc_fsm_t *f = ctx;
+    snap_buf_t *s = calloc(1, sizeof *s);
+    pthread_mutex_lock(&f->mu);
+    size_t len = 24;
+    for (size_t i = 0; i < f->n; i++) {
+        len += 16 + f->len[i];
+    }
+    s->buf = malloc(len);
+    s->len = len;
+    char *p = s->buf;
+    put_u64(&p, f->n);
+    put_u64(&p, f->hash);
+    put_u64(&p, f->last_index);
+    for (size_t i = 0; i < f->n; i++) {
+        put_u64(&p, f->index[i]);
+        put_u64(&p, f->len[i]);
+        memcpy(p, f->data[i], f->len[i]);
+        p += f->len[i];
+    }
+    pthread_mutex_unlock(&f->mu);
+    s->vt.ctx = s;
+    s->vt.persist = snap_persist;
+    s->vt.release = snap_release;
+    *out = &s->vt;
+    return 0;
+}
+
+static void fsm_reset(tc_fsm_t *f);
+
+static int fsm_restore(void *ctx, craft_reader_t *reader)
+{
+    tc_fsm_t *f = ctx;
+    size_t cap = 1 << 16, len = 0;
+    char *buf = malloc(cap);
+    for (;;) {
+        if (len == cap) {
+            cap *= 2;
+            buf = realloc(buf, cap);
+        }
+        int64_t n = reader->read(reader->ctx, buf + len, cap - len);
+        if (n < 0) {
+            free(buf);
+            return (int)n;
+        }
+        if (n == 0) {
+            break;
+        }
+        len += (size_t)n;
+    }
+    if (len < 24) {
+        free(buf);
+        return CRAFT_ECORRUPT;
+    }
+    fsm_reset(f);
+    pthread_mutex_lock(&f->mu);
+    const char *p = buf;
+    uint64_t n, hash, last;
+    memcpy(&n, p, 8);
+    memcpy(&hash, p + 8, 8);
+    memcpy(&last, p + 16, 8);
+    p += 24;
+    f->cap = n > 0 ? n : 1;
+    f->index = malloc(f->cap * sizeof *f->index);
+    f->data = malloc(f->cap * sizeof *f->data);
+    f->len = malloc(f->cap * sizeof *f->len);
+    for (uint64_t i = 0; i < n; i++) {
+        memcpy(&f->index[i], p, 8);
+        memcpy(&f->len[i], p + 8, 8);
+        p += 16;
+        f->data[i] = malloc(f->len[i] + 1);
+        memcpy(f->data[i], p, f->len[i]);
+        f->data[i][f->len[i]] = '\0';
+        p += f->len[i];
+    }
+    f->n = n;
+    f->hash = hash;
+    f->last_index = last;
+    f->restores++;
+    pthread_mutex_unlock(&f->mu);
+    free(buf);
+    return 0;
+}
+
 static void fsm_init(tc_fsm_t *f)
 {
     memset(f, 0, sizeof *f);
@@ -48,6 +168,7 @@ static void fsm_init(tc_fsm_t *f)
 
 static void fsm_reset(tc_fsm_t *f)
 {
+    /* restores count survives resets: tests read it */
     pthread_mutex_lock(&f->mu);
     for (size_t i = 0; i < f->n; i++) {
         free(f->data[i]);
@@ -102,7 +223,7 @@ void tc_start(tc_cluster_t *c, size_t i)
     craft_config_t conf;
     node_config(c, i, &conf);
     fsm_reset(&n->fsm);
-    int rv = craft_new(&n->r, &conf, &n->vt, n->log, n->stable, NULL, n->trans);
+    int rv = craft_new(&n->r, &conf, &n->vt, n->log, n->stable, n->snaps, n->trans);
     ck_assert_msg(rv == 0, "craft_new failed on %s: %s", n->id, craft_strerror(rv));
 }
 
@@ -118,6 +239,11 @@ void tc_stop(tc_cluster_t *c, size_t i)
 static void open_stores(tc_cluster_t *c, size_t i)
 {
     tc_node_t *nd = &c->nodes[i];
+    if (nd->snaps == NULL) {
+        int rv = c->snap_open != NULL ? c->snap_open(c->dir, i, &nd->snaps)
+                                      : craft_inmem_snapshot_store_new(&nd->snaps);
+        ck_assert_msg(rv == 0, "snapshot store open failed: %s", craft_strerror(rv));
+    }
     if (c->store_open != NULL) {
         int rv = c->store_open(c->dir, i, &nd->log, &nd->stable);
         ck_assert_msg(rv == 0, "store open failed: %s", craft_strerror(rv));
@@ -143,11 +269,18 @@ tc_cluster_t *tc_new_with(size_t n, size_t voters, void (*tweak)(craft_config_t 
 tc_cluster_t *tc_new_stores(size_t n, size_t voters, void (*tweak)(craft_config_t *),
                             tc_store_open_fn store_open)
 {
+    return tc_new_full(n, voters, tweak, store_open, NULL);
+}
+
+tc_cluster_t *tc_new_full(size_t n, size_t voters, void (*tweak)(craft_config_t *),
+                          tc_store_open_fn store_open, tc_snap_open_fn snap_open)
+{
     ck_assert(n <= TC_MAX && voters <= n && voters >= 1);
     tc_cluster_t *c = calloc(1, sizeof *c);
     c->n = n;
     c->store_open = store_open;
-    if (store_open != NULL) {
+    c->snap_open = snap_open;
+    if (store_open != NULL || snap_open != NULL) {
         c->dir = tu_tmpdir("craft-cluster");
         ck_assert_ptr_nonnull(c->dir);
     }
@@ -176,6 +309,8 @@ tc_cluster_t *tc_new_stores(size_t n, size_t voters, void (*tweak)(craft_config_
         fsm_init(&nd->fsm);
         nd->vt.ctx = &nd->fsm;
         nd->vt.apply = fsm_apply;
+        nd->vt.snapshot = fsm_snapshot;
+        nd->vt.restore = fsm_restore;
         open_stores(c, i);
         ck_assert_int_eq(craft_inmem_transport_new(nd->addr, &nd->trans), 0);
         cfg.servers[i].id = nd->id;
@@ -186,7 +321,7 @@ tc_cluster_t *tc_new_stores(size_t n, size_t voters, void (*tweak)(craft_config_
         craft_config_t conf;
         node_config(c, i, &conf);
         ck_assert_int_eq(craft_bootstrap_cluster(&conf, c->nodes[i].log, c->nodes[i].stable,
-                                                 NULL, c->nodes[i].trans, &cfg),
+                                                 c->nodes[i].snaps, c->nodes[i].trans, &cfg),
                          0);
     }
     free(cfg.servers);
@@ -213,6 +348,8 @@ size_t tc_spawn(tc_cluster_t *c)
     fsm_init(&nd->fsm);
     nd->vt.ctx = &nd->fsm;
     nd->vt.apply = fsm_apply;
+    nd->vt.snapshot = fsm_snapshot;
+    nd->vt.restore = fsm_restore;
     open_stores(c, i);
     ck_assert_int_eq(craft_inmem_transport_new(nd->addr, &nd->trans), 0);
     c->n++;
@@ -233,6 +370,7 @@ void tc_free(tc_cluster_t *c)
         n->trans->close(n->trans->ctx);
         n->log->close(n->log->ctx);
         n->stable->close(n->stable->ctx);
+        n->snaps->close(n->snaps->ctx);
         fsm_destroy(&n->fsm);
     }
     if (c->dir != NULL) {

@@ -25,6 +25,7 @@ typedef struct tc_fsm {
     uint64_t hash; /* rolling FNV-1a over the applied data */
     uint64_t last_index;
     bool order_violation; /* an index not above the previous one */
+    int restores;         /* snapshots restored into it */
 } tc_fsm_t;
 
 typedef struct tc_node {
@@ -46,9 +47,12 @@ typedef struct tc_node {
 typedef int (*tc_store_open_fn)(const char *dir, size_t i, craft_log_store_t **log,
                                 craft_stable_store_t **stable);
 
+typedef int (*tc_snap_open_fn)(const char *dir, size_t i, craft_snapshot_store_t **out);
+
 typedef struct tc_cluster {
     size_t n;
     tc_store_open_fn store_open;
+    tc_snap_open_fn snap_open;
     char *dir;
     tc_node_t nodes[TC_MAX];
     craft_config_t conf;
@@ -63,6 +67,9 @@ tc_cluster_t *tc_new_with(size_t n, size_t voters, void (*tweak)(craft_config_t 
 /* Same, with stores from `open` (created in a fresh temp dir). */
 tc_cluster_t *tc_new_stores(size_t n, size_t voters, void (*tweak)(craft_config_t *),
                             tc_store_open_fn open);
+/* Same, with snapshot stores from `snap` (default: inmem snapshot store). */
+tc_cluster_t *tc_new_full(size_t n, size_t voters, void (*tweak)(craft_config_t *),
+                          tc_store_open_fn open, tc_snap_open_fn snap);
 /* Closes node i's stores and reopens them through the factory (the node
  * must be stopped). */
 void tc_reopen_stores(tc_cluster_t *c, size_t i);
