@@ -159,9 +159,15 @@ void craft__handle_append_entries(craft_t *r, craft_rpc_t *rpc)
      * check below fails (Raft §5.2). */
     atomic_store(&r->last_contact_ns, craft__now_ns());
 
-    /* Consistency check (Raft §5.3). */
+    /* Consistency check (Raft §5.3). CRAFT_BROKEN_SKIP_PREV_LOG_CHECK is a
+     * deliberately broken build used only to prove the fuzzy verifiers can
+     * fail; never define it otherwise. */
     uint64_t last = atomic_load(&r->last_log_index);
+#ifdef CRAFT_BROKEN_SKIP_PREV_LOG_CHECK
+    if (req->prev_log_entry > last) {
+#else
     if (req->prev_log_entry > 0) {
+#endif
         uint64_t prev_term;
         if (req->prev_log_entry > last) {
             CRAFT__DEBUG(&r->log, "raft", "previous log entry not found: prev=%llu last=%llu",
