@@ -3,6 +3,7 @@
 #   scripts/test.sh           plain build (build/)
 #   scripts/test.sh asan      AddressSanitizer + UBSan (build-asan/)
 #   scripts/test.sh tsan      ThreadSanitizer (build-tsan/)
+#   scripts/test.sh valgrind  memcheck with leak checking, no fork (build/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-plain}
@@ -19,11 +20,19 @@ tsan)  dir=build-tsan; opts=(-Db_sanitize=thread -Db_lundef=false); mult=4
        export CRAFT_TEST_TIME_SCALE=${CRAFT_TEST_TIME_SCALE:-5}
        # TSan needs a low-entropy address space on some kernels.
        if command -v setarch >/dev/null; then run=(setarch "$(uname -m)" -R); fi ;;
-*) echo "usage: $0 [plain|asan|tsan]" >&2; exit 2 ;;
+valgrind) dir=build; opts=(); mult=20
+       command -v valgrind >/dev/null || { apt-get install -y -qq valgrind >/dev/null; }
+       export CK_FORK=no CRAFT_TEST_TIME_SCALE=${CRAFT_TEST_TIME_SCALE:-10}
+       run=() ;;
+*) echo "usage: $0 [plain|asan|tsan|valgrind]" >&2; exit 2 ;;
 esac
 bash scripts/setup.sh "$dir" "${opts[@]}" >/dev/null
 status=0
-"${run[@]}" meson test -C "$dir" --print-errorlogs --timeout-multiplier "$mult" || status=$?
+extra=()
+if [ "$mode" = valgrind ]; then
+    extra=(--wrapper "valgrind --quiet --leak-check=full --errors-for-leak-kinds=definite,indirect --error-exitcode=9" --suite unit --suite integration)
+fi
+"${run[@]}" meson test -C "$dir" --print-errorlogs --timeout-multiplier "$mult" "${extra[@]}" || status=$?
 log="$dir/meson-logs/testlog.json"
 if [ -f "$log" ]; then
     python3 - "$log" "$mode" <<'PY' || true
