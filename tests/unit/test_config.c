@@ -84,6 +84,15 @@ static void m_inflight_1025(craft_config_t *c) { c->max_inflight = 1025; }
 static void m_protocol_2(craft_config_t *c) { c->protocol_version = 2; }
 static void m_protocol_4(craft_config_t *c) { c->protocol_version = 4; }
 static void m_protocol_0(craft_config_t *c) { c->protocol_version = 0; }
+static void m_log_level_high(craft_config_t *c) { c->log_level = (craft_level_t)6; }
+static void m_log_level_neg(craft_config_t *c) { c->log_level = (craft_level_t)-1; }
+static char long_id[300];
+static void m_local_id_long(craft_config_t *c)
+{
+    memset(long_id, 'x', 256);
+    long_id[256] = '\0';
+    c->local_id = long_id;
+}
 
 static const rule_t rules[] = {
     {"empty local_id", m_local_id_empty, "local_id"},
@@ -105,6 +114,9 @@ static const rule_t rules[] = {
     {"protocol 2", m_protocol_2, "protocol_version"},
     {"protocol 4", m_protocol_4, "protocol_version"},
     {"protocol 0", m_protocol_0, "protocol_version"},
+    {"log_level 6", m_log_level_high, "log_level"},
+    {"log_level -1", m_log_level_neg, "log_level"},
+    {"local_id 256 bytes", m_local_id_long, "local_id"},
 };
 
 START_TEST(test_rule)
@@ -146,6 +158,12 @@ START_TEST(test_limits_accepted)
     c.election_timeout_ms = c.heartbeat_timeout_ms;
     ck_assert_int_eq(craft_config_validate(&c, NULL), 0);
     c.election_timeout_ms = c.heartbeat_timeout_ms + 1;
+    ck_assert_int_eq(craft_config_validate(&c, NULL), 0);
+    /* A 255-byte local_id is the longest accepted. */
+    static char id255[256];
+    memset(id255, 'y', 255);
+    id255[255] = '\0';
+    c.local_id = id255;
     ck_assert_int_eq(craft_config_validate(&c, NULL), 0);
 }
 END_TEST
