@@ -32,8 +32,9 @@ craft__commitment_t *craft__commitment_new(const craft_configuration_t *c,
                                            uint64_t commit_index, uint64_t start_index);
 void craft__commitment_ref(craft__commitment_t *cm);
 void craft__commitment_unref(craft__commitment_t *cm);
-/* Replaces the voter set (keeping known match indexes). Returns true when
- * the commit index advanced. */
+/* Replaces the voter set (keeping known match indexes). Returns 0 or
+ * CRAFT_ENOMEM; *advanced (may be NULL) tells whether the commit index
+ * advanced. */
 int craft__commitment_set_configuration(craft__commitment_t *cm,
                                         const craft_configuration_t *c, bool *advanced);
 /* Records that `id` stores everything up to `index` (ignored for unknown
