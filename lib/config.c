@@ -84,8 +84,10 @@ int craft_config_validate(const craft_config_t *c, const char **reason)
     }
     craft__logger_t l;
     craft__logger_init(&l, c, NULL);
-    /* The reason is always logged, even when log_level itself is bad. */
-    l.level = CRAFT_LEVEL_ERROR;
+    /* Logged even when log_level itself is the bad field (OFF silences). */
+    if (c != NULL && (c->log_level < CRAFT_LEVEL_TRACE || c->log_level > CRAFT_LEVEL_OFF)) {
+        l.level = CRAFT_LEVEL_ERROR;
+    }
     CRAFT__ERROR(&l, "config", "invalid configuration: %s", why);
     return CRAFT_EINVAL;
 }
