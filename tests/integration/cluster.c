@@ -219,21 +219,22 @@ static void node_config(tc_cluster_t *c, size_t i, craft_config_t *out)
 
 void tc_start(tc_cluster_t *c, size_t i)
 {
+    pthread_rwlock_wrlock(&c->lock);
     tc_node_t *n = &c->nodes[i];
     craft_config_t conf;
     node_config(c, i, &conf);
     fsm_reset(&n->fsm);
     int rv = craft_new(&n->r, &conf, &n->vt, n->log, n->stable, n->snaps, n->trans);
+    pthread_rwlock_unlock(&c->lock);
     ck_assert_msg(rv == 0, "craft_new failed on %s: %s", n->id, craft_strerror(rv));
 }
 
 void tc_stop(tc_cluster_t *c, size_t i)
 {
-    if (c->nodes[i].r == NULL) {
-        return;
-    }
+    pthread_rwlock_wrlock(&c->lock);
     craft_free(c->nodes[i].r);
     c->nodes[i].r = NULL;
+    pthread_rwlock_unlock(&c->lock);
 }
 
 static void open_stores(tc_cluster_t *c, size_t i)
@@ -277,6 +278,12 @@ tc_cluster_t *tc_new_full(size_t n, size_t voters, void (*tweak)(craft_config_t 
 {
     ck_assert(n <= TC_MAX && voters <= n && voters >= 1);
     tc_cluster_t *c = calloc(1, sizeof *c);
+    pthread_rwlockattr_t attr;
+    pthread_rwlockattr_init(&attr);
+    /* Writers (node start/stop) must not starve behind a busy applier. */
+    pthread_rwlockattr_setkind_np(&attr, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&c->lock, &attr);
+    pthread_rwlockattr_destroy(&attr);
     c->n = n;
     c->store_open = store_open;
     c->snap_open = snap_open;
@@ -340,6 +347,7 @@ tc_cluster_t *tc_new(size_t n, size_t voters)
 size_t tc_spawn(tc_cluster_t *c)
 {
     ck_assert(c->n < TC_MAX);
+    pthread_rwlock_wrlock(&c->lock);
     size_t i = c->n;
     tc_node_t *nd = &c->nodes[i];
     memset(nd, 0, sizeof *nd);
@@ -353,6 +361,7 @@ size_t tc_spawn(tc_cluster_t *c)
     open_stores(c, i);
     ck_assert_int_eq(craft_inmem_transport_new(nd->addr, &nd->trans), 0);
     c->n++;
+    pthread_rwlock_unlock(&c->lock);
     for (size_t j = 0; j < i; j++) {
         tc_link(c, i, j);
     }
@@ -377,6 +386,7 @@ void tc_free(tc_cluster_t *c)
         tu_rmrf(c->dir);
         free(c->dir);
     }
+    pthread_rwlock_destroy(&c->lock);
     free(c);
 }
 

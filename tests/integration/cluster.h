@@ -57,6 +57,9 @@ typedef struct tc_cluster {
     tc_node_t nodes[TC_MAX];
     craft_config_t conf;
     bool connected[TC_MAX][TC_MAX];
+    /* Background threads hold it for reading while they use a node;
+     * tc_start / tc_stop / tc_spawn take it for writing. */
+    pthread_rwlock_t lock;
 } tc_cluster_t;
 
 /* Creates n nodes, the first `voters` of them voters (the rest nonvoters),

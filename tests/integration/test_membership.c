@@ -23,19 +23,24 @@ static void *applier_main(void *arg)
     applier_t *a = arg;
     size_t n = 0;
     while (!atomic_load(&a->stop)) {
-        int l = tc_leader(a->c, 1000);
+        pthread_rwlock_rdlock(&a->c->lock);
+        int l = tc_leader(a->c, 200);
         if (l < 0 || a->c->nodes[l].r == NULL) {
+            pthread_rwlock_unlock(&a->c->lock);
+            tu_sleep_ms(5);
             continue;
         }
         char buf[32];
         snprintf(buf, sizeof buf, "bg-%zu", n++);
         craft_future_t *f = craft_apply(a->c->nodes[l].r, buf, strlen(buf), 0);
-        if (craft_future_wait(f) == 0) {
+        int rv = craft_future_wait(f);
+        craft_future_free(f);
+        pthread_rwlock_unlock(&a->c->lock);
+        if (rv == 0) {
             atomic_fetch_add(&a->ok, 1);
         } else {
             tu_sleep_ms(5);
         }
-        craft_future_free(f);
     }
     return NULL;
 }
