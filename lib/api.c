@@ -160,7 +160,6 @@ static int load_state(craft_t *r)
     craft__publish_committed(r);
     /* Everything in the snapshot is committed and already in the FSM. */
     atomic_store(&r->commit_index, snap_index);
-    r->fsm_dispatched = snap_index;
     if (commit > 0) {
         CRAFT__INFO(&r->log, "raft", "replaying committed logs: commit=%llu",
                     (unsigned long long)commit);

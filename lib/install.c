@@ -179,9 +179,6 @@ static bool install(craft_t *r, const craft_install_snapshot_req_t *req, const c
     craft__publish_configuration(r);
     craft__publish_committed(r);
     atomic_store(&r->commit_index, idx);
-    if (r->fsm_dispatched < idx) {
-        r->fsm_dispatched = idx;
-    }
     if (r->logs->stage_commit_index != NULL && r->conf.restore_committed_logs) {
         r->logs->stage_commit_index(r->logs->ctx, idx);
     }

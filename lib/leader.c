@@ -169,7 +169,6 @@ static void dispatch(craft_t *r, craft_future_t **fs, size_t n)
         craft__set_state(r, CRAFT_FOLLOWER);
         return;
     }
-    L(r)->stored_index = index;
     if (craft__commitment_match(L(r)->commitment, r->local_id, index)) {
         craft__signal(r, &r->commit_msg, &r->commit_posted);
     }
@@ -646,10 +645,6 @@ void craft__leader_restore(craft_t *r, craft_future_t *f)
     atomic_store(&r->last_snapshot_term, term);
     craft__mutex_unlock(&r->mu);
     craft__set_last_log(r, index, term);
-    L(r)->stored_index = index;
-    if (r->fsm_dispatched < index) {
-        r->fsm_dispatched = index;
-    }
     craft__commitment_match(L(r)->commitment, r->local_id, index);
     CRAFT__INFO(&r->log, "raft", "restored user snapshot: index=%llu", (unsigned long long)index);
     /* The future completes once a no-op after the snapshot is applied. */
@@ -672,7 +667,6 @@ static void leader_enter(craft_t *r)
     craft__queue_init(&l->config_pending);
     craft__queue_init(&l->reads_waiting);
     uint64_t last = atomic_load(&r->last_log_index);
-    l->stored_index = last;
     l->start_index = last + 1;
     l->commitment =
         craft__commitment_new(&r->latest, atomic_load(&r->commit_index), last + 1);

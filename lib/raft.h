@@ -109,7 +109,6 @@ typedef struct craft__leader {
     size_t n_repls;
     uint64_t verify_epoch;
     int64_t lease_deadline_ns;
-    uint64_t stored_index;    /* own log written up to here */
     uint64_t start_index;     /* index of this term's first entry (no-op) */
     craft__queue_t config_pending; /* membership changes waiting their turn */
     craft__queue_t reads_waiting;  /* read_index futures waiting for the no-op */
@@ -205,7 +204,6 @@ struct craft {
     uint64_t latest_index;
     craft_configuration_t committed;
     uint64_t committed_index;
-    uint64_t fsm_dispatched; /* entries handed to the fsm thread up to here */
     int64_t election_deadline_ns;
     craft__leader_t leader;
     craft__candidate_t cand;

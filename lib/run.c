@@ -260,7 +260,6 @@ void craft__commit_to(craft_t *r, uint64_t index, craft__queue_t *futures)
         free(c);
         return;
     }
-    r->fsm_dispatched = index;
 }
 
 void craft__handle_rpc(craft_t *r, craft_rpc_t *rpc)
