@@ -558,6 +558,30 @@ int craft__mp_read_bool(craft__mp_reader_t *r, bool *v)
     return CRAFT__MP_OK;
 }
 
+int craft__mp_read_ext(craft__mp_reader_t *r, int8_t *type, const uint8_t **data,
+                       size_t *n)
+{
+    mp_head_t h;
+    int rv = head(r, &h);
+    if (rv != CRAFT__MP_OK) {
+        return rv;
+    }
+    if (h.type != CRAFT__MP_T_EXT) {
+        return bad(r, "expected an ext value");
+    }
+    if (h.len > r->max_str) {
+        return bad(r, "ext value too long");
+    }
+    if (h.len > r->len - r->pos - h.hdr) {
+        return CRAFT__MP_SHORT;
+    }
+    *type = (int8_t)r->p[r->pos + h.hdr - 1];
+    *data = r->p + r->pos + h.hdr;
+    *n = (size_t)h.len;
+    r->pos += h.hdr + (size_t)h.len;
+    return CRAFT__MP_OK;
+}
+
 int craft__mp_skip(craft__mp_reader_t *r)
 {
     craft__mp_scan_t s;

@@ -148,6 +148,10 @@ int craft__mp_read_uint(craft__mp_reader_t *r, uint64_t *v);
 int craft__mp_read_int(craft__mp_reader_t *r, int64_t *v);
 /* Go bool decoding: c2/c3, the ints 0/1, nil -> false. */
 int craft__mp_read_bool(craft__mp_reader_t *r, bool *v);
+/* An ext value (fixext1..16, ext8/16/32): its type and a view of its
+ * payload. */
+int craft__mp_read_ext(craft__mp_reader_t *r, int8_t *type, const uint8_t **data,
+                       size_t *n);
 /* Skips one complete value of any type (nested up to the depth left). */
 int craft__mp_skip(craft__mp_reader_t *r);
 

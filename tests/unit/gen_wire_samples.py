@@ -24,7 +24,11 @@ def main(path):
                 hexpart = lines[i][8:8 + 47]
                 data += [int(t, 16) for t in hexpart.split()]
                 i += 1
-            samples.append((title, data))
+            full = len(data)
+            m2 = re.match(r"^\s*\.\.\. \((\d+) more bytes not shown\)", lines[i])
+            if m2:
+                full += int(m2.group(1))
+            samples.append((title, data, full))
             continue
         i += 1
     out = sys.stdout
@@ -33,15 +37,17 @@ def main(path):
     out.write("#ifndef CRAFT_TEST_WIRE_SAMPLES_H\n#define CRAFT_TEST_WIRE_SAMPLES_H\n\n")
     out.write("#include <stddef.h>\n#include <stdint.h>\n\n")
     out.write("typedef struct ws_sample {\n    const char *title;\n"
-              "    const uint8_t *bytes;\n    size_t len;\n} ws_sample_t;\n\n")
-    for n, (t, data) in enumerate(samples):
+              "    const uint8_t *bytes;\n    size_t len; /* bytes shown */\n"
+              "    size_t full_len; /* the frame's real length (> len when the dump is cut) */\n"
+              "} ws_sample_t;\n\n")
+    for n, (t, data, full) in enumerate(samples):
         out.write("/* %s */\nstatic const uint8_t ws_bytes_%d[%d] = {\n" % (t.replace("*/", "* /"), n, len(data)))
         for j in range(0, len(data), 12):
             out.write("    " + ", ".join("0x%02x" % b for b in data[j:j + 12]) + ",\n")
         out.write("};\n")
     out.write("\nstatic const ws_sample_t ws_samples[] = {\n")
-    for n, (t, data) in enumerate(samples):
-        out.write('    {"%s", ws_bytes_%d, %d},\n' % (t.replace('"', '\\"'), n, len(data)))
+    for n, (t, data, full) in enumerate(samples):
+        out.write('    {"%s", ws_bytes_%d, %d, %d},\n' % (t.replace('"', '\\"'), n, len(data), full))
     out.write("};\n#define WS_N_SAMPLES (sizeof ws_samples / sizeof ws_samples[0])\n\n#endif\n")
 
 
