@@ -972,10 +972,13 @@ static void send_shutdown_error(conn_t *c)
     if (craft__wire_encode_response(&b, CRAFT__WIRE_FORMAT_DEFAULT,
                                     c->rpc->rpc.type, TRANSPORT_SHUTDOWN_MSG,
                                     NULL) == 0) {
+        /* The bufferevent's output is frozen for anyone but itself: write
+         * directly, and only when nothing else is queued (order). */
         struct evbuffer *out = bufferevent_get_output(c->bev);
         evutil_socket_t fd = bufferevent_getfd(c->bev);
-        if (evbuffer_add(out, b.data, b.len) == 0 && fd >= 0) {
-            evbuffer_write(out, fd);
+        if (evbuffer_get_length(out) == 0 && fd >= 0) {
+            ssize_t n = send(fd, b.data, b.len, MSG_NOSIGNAL | MSG_DONTWAIT);
+            (void)n; /* best effort */
         }
     }
     craft__mp_buf_free(&b);
