@@ -1940,6 +1940,13 @@ static int64_t snap_read(void *ctx, void *buf, size_t len)
     if (buf == NULL || len == 0) {
         return CRAFT_EINVAL;
     }
+    if (pthread_equal(pthread_self(), t->thread)) {
+        /* From inside a handler: the loop would wait for itself. */
+        CRAFT__ERROR(&t->log, COMPONENT,
+                     "snapshot reader used on the transport's loop thread "
+                     "(from a handler); read it from another thread");
+        return CRAFT_EINVAL;
+    }
     int64_t n;
     pthread_mutex_lock(&t->mu);
     for (;;) {
