@@ -88,9 +88,9 @@ typedef enum {
  * (hashicorp's heartbeat), with entries != NULL and n_entries == 0 as an
  * empty array. Log data/ext NULL -> nil, non-NULL (even empty) -> raw.
  * InstallSnapshot data is not appended. Returns 0, CRAFT_EINVAL (unknown
- * type, NULL data with a length, oversized values) or CRAFT_ENOMEM; on
- * error `b` may hold a partial frame (its length before the call is a
- * safe point to truncate to). */
+ * type, NULL data with a length, negative Size, oversized values; nothing
+ * is appended then) or CRAFT_ENOMEM (b->err is set and stays set: reset or
+ * free the buffer). */
 int craft__wire_encode_request(craft__mp_buf_t *b, craft__wire_format_t fmt,
                                craft_rpc_type_t type, const void *req);
 

@@ -652,6 +652,20 @@ START_TEST(test_wire_md_small_frames)
     decode_req(b, n, &rpc);
     ck_assert(craft__wire_is_heartbeat(&rpc.req.append_entries));
     craft__wire_request_free(&rpc);
+    /* HEAD's classification: Addr or Leader; an empty non-nil Entries is
+     * still len 0; a zero term or any index is not a heartbeat */
+    hb.leader = NULL;
+    ck_assert(!craft__wire_is_heartbeat(&hb));
+    hb.header.addr = "10.0.0.1:8300";
+    ck_assert(craft__wire_is_heartbeat(&hb));
+    craft_log_t none[1];
+    hb.entries = none;
+    ck_assert(craft__wire_is_heartbeat(&hb));
+    hb.leader_commit_index = 1;
+    ck_assert(!craft__wire_is_heartbeat(&hb));
+    hb.leader_commit_index = 0;
+    hb.term = 0;
+    ck_assert(!craft__wire_is_heartbeat(&hb));
 
     /* TimeoutNowRequest v1.1.2, 19 bytes */
     n = tu_hex("03 81 af\"ProtocolVersion\"03", b, sizeof b);
@@ -1398,6 +1412,61 @@ static void request_eq(const craft_rpc_t *got, const craft_rpc_t *want,
     }
 }
 
+/* Walks one msgpack value and checks the form hashicorp's encoder uses:
+ * map keys strictly ascending byte-wise, strings only fixstr/raw16/raw32
+ * (never str8 or bin), no ext. */
+static void check_form(craft__mp_reader_t *r)
+{
+    craft__mp_type_t t;
+    ck_assert_int_eq(craft__mp_peek(r, &t), CRAFT__MP_OK);
+    uint8_t marker = r->p[r->pos];
+    uint32_t n;
+    if (t == CRAFT__MP_T_MAP) {
+        ck_assert_int_eq(craft__mp_read_map(r, &n), CRAFT__MP_OK);
+        const uint8_t *prev = NULL;
+        size_t prev_len = 0;
+        for (uint32_t i = 0; i < n; i++) {
+            const uint8_t *k;
+            size_t kl;
+            ck_assert(r->p[r->pos] >= 0xa0 && r->p[r->pos] <= 0xbf);
+            ck_assert_int_eq(craft__mp_read_str(r, &k, &kl), CRAFT__MP_OK);
+            if (prev != NULL) {
+                size_t m = kl < prev_len ? kl : prev_len;
+                int c = memcmp(prev, k, m);
+                ck_assert_msg(c < 0 || (c == 0 && prev_len < kl),
+                              "keys out of order: %.*s then %.*s", (int)prev_len,
+                              prev, (int)kl, k);
+            }
+            prev = k;
+            prev_len = kl;
+            check_form(r);
+        }
+        craft__mp_leave(r);
+    } else if (t == CRAFT__MP_T_ARRAY) {
+        ck_assert_int_eq(craft__mp_read_array(r, &n), CRAFT__MP_OK);
+        for (uint32_t i = 0; i < n; i++) {
+            check_form(r);
+        }
+        craft__mp_leave(r);
+    } else {
+        ck_assert_msg(marker != 0xd9 && (marker < 0xc4 || marker > 0xc9) &&
+                          (marker < 0xd4 || marker > 0xd8),
+                      "marker 0x%02x not in go-msgpack 0.5.5's form", marker);
+        ck_assert_int_eq(craft__mp_skip(r), CRAFT__MP_OK);
+    }
+}
+
+static void check_frame_form(const uint8_t *p, size_t len, size_t skip,
+                             int values)
+{
+    craft__mp_reader_t r;
+    craft__mp_reader_init(&r, p + skip, len - skip, 0, 0);
+    for (int i = 0; i < values; i++) {
+        check_form(&r);
+    }
+    ck_assert_uint_eq(r.pos, len - skip);
+}
+
 START_TEST(test_random_requests)
 {
     rnd_t g = {.seed = 20240102};
@@ -1442,6 +1511,7 @@ START_TEST(test_random_requests)
                           craft__wire_decoder_reason(&d));
             ck_assert_uint_eq(off + used, ends[k]);
             request_eq(&got, &want[k], fmt);
+            check_frame_form(b.data + off, used, 1, 1);
             /* re-encoding what was decoded gives the same bytes */
             craft__mp_buf_t b2;
             craft__mp_buf_init(&b2);
@@ -1501,6 +1571,7 @@ START_TEST(test_random_responses)
         ck_assert_int_eq(craft__wire_encode_response(&b, fmt, type, err,
                                                      body ? (void *)&w.resp : NULL),
                          0);
+        check_frame_form(b.data, b.len, 0, 2);
         craft__wire_response_t r;
         decode_resp(type, b.data, b.len, &r);
         str_eq(r.error, err != NULL && err[0] != '\0' ? err : NULL);
