@@ -7,6 +7,10 @@
 
 #include "../testutil.h"
 
+#include "craft/tcp.h"
+
+tc_transport_kind_t tc_transport_kind = TC_INMEM;
+
 /* ---- recording FSM ---- */
 
 static void *fsm_apply(void *ctx, const craft_log_t *log)
@@ -237,6 +241,21 @@ void tc_stop(tc_cluster_t *c, size_t i)
     pthread_rwlock_unlock(&c->lock);
 }
 
+static void open_transport(tc_cluster_t *c, size_t i)
+{
+    tc_node_t *nd = &c->nodes[i];
+    if (c->transport == TC_TCP) {
+        craft_tcp_options_t o;
+        craft_tcp_options_default(&o);
+        o.timeout_ms = 2000;
+        o.log_level = CRAFT_LEVEL_ERROR;
+        ck_assert_int_eq(craft_tcp_transport_new("127.0.0.1:0", NULL, &o, &nd->trans), 0);
+        snprintf(nd->addr, sizeof nd->addr, "%s", nd->trans->local_addr(nd->trans->ctx));
+    } else {
+        ck_assert_int_eq(craft_inmem_transport_new(nd->addr, &nd->trans), 0);
+    }
+}
+
 static void open_stores(tc_cluster_t *c, size_t i)
 {
     tc_node_t *nd = &c->nodes[i];
@@ -285,6 +304,7 @@ tc_cluster_t *tc_new_full(size_t n, size_t voters, void (*tweak)(craft_config_t 
     pthread_rwlock_init(&c->lock, &attr);
     pthread_rwlockattr_destroy(&attr);
     c->n = n;
+    c->transport = tc_transport_kind;
     c->store_open = store_open;
     c->snap_open = snap_open;
     if (store_open != NULL || snap_open != NULL) {
@@ -319,7 +339,7 @@ tc_cluster_t *tc_new_full(size_t n, size_t voters, void (*tweak)(craft_config_t 
         nd->vt.snapshot = fsm_snapshot;
         nd->vt.restore = fsm_restore;
         open_stores(c, i);
-        ck_assert_int_eq(craft_inmem_transport_new(nd->addr, &nd->trans), 0);
+        open_transport(c, i);
         cfg.servers[i].id = nd->id;
         cfg.servers[i].address = nd->addr;
         cfg.servers[i].suffrage = nd->voter ? CRAFT_VOTER : CRAFT_NONVOTER;
@@ -359,7 +379,7 @@ size_t tc_spawn(tc_cluster_t *c)
     nd->vt.snapshot = fsm_snapshot;
     nd->vt.restore = fsm_restore;
     open_stores(c, i);
-    ck_assert_int_eq(craft_inmem_transport_new(nd->addr, &nd->trans), 0);
+    open_transport(c, i);
     c->n++;
     pthread_rwlock_unlock(&c->lock);
     for (size_t j = 0; j < i; j++) {
@@ -392,12 +412,18 @@ void tc_free(tc_cluster_t *c)
 
 void tc_cut(tc_cluster_t *c, size_t i, size_t j)
 {
+    if (c->transport == TC_TCP) {
+        return; /* real sockets: always connected */
+    }
     craft_inmem_transport_disconnect(c->nodes[i].trans, c->nodes[j].trans);
     craft_inmem_transport_disconnect(c->nodes[j].trans, c->nodes[i].trans);
 }
 
 void tc_link(tc_cluster_t *c, size_t i, size_t j)
 {
+    if (c->transport == TC_TCP) {
+        return; /* real sockets: always connected */
+    }
     craft_inmem_transport_connect(c->nodes[i].trans, c->nodes[j].trans);
     craft_inmem_transport_connect(c->nodes[j].trans, c->nodes[i].trans);
 }

@@ -37,7 +37,7 @@ typedef struct tc_node {
     tc_fsm_t fsm;
     craft_fsm_t vt;
     char id[32];
-    char addr[32];
+    char addr[64];
     bool voter;
     int leader_notifications; /* +1 gained, -1 lost */
 } tc_node_t;
@@ -49,8 +49,15 @@ typedef int (*tc_store_open_fn)(const char *dir, size_t i, craft_log_store_t **l
 
 typedef int (*tc_snap_open_fn)(const char *dir, size_t i, craft_snapshot_store_t **out);
 
+/* Transport used by clusters created from now on (default: inmem). With
+ * TCP, nodes listen on 127.0.0.1 (OS-chosen ports) and the network calls
+ * (tc_cut, tc_partition, ...) are not available. */
+typedef enum { TC_INMEM = 0, TC_TCP = 1 } tc_transport_kind_t;
+extern tc_transport_kind_t tc_transport_kind;
+
 typedef struct tc_cluster {
     size_t n;
+    tc_transport_kind_t transport;
     tc_store_open_fn store_open;
     tc_snap_open_fn snap_open;
     char *dir;

@@ -324,8 +324,14 @@ START_TEST(test_change_on_follower)
 }
 END_TEST
 
-int main(void)
+int main(int argc, char **argv)
 {
+    /* "tcp": the same scenarios over the TCP transport on 127.0.0.1 (those
+     * that need to cut links run on the in-memory transport only). */
+    bool tcp = argc > 1 && strcmp(argv[1], "tcp") == 0;
+    if (tcp) {
+        tc_transport_kind = TC_TCP;
+    }
     Suite *s = suite_create("membership");
     TCase *tc = tcase_create("membership");
     tcase_set_timeout(tc, 600);
