@@ -628,7 +628,8 @@ static void run_until(int64_t start, int64_t until, int64_t *last_t, uint64_t *l
         if (t >= until) {
             return;
         }
-        int64_t next = *last_t + O.progress_ms * 1000000;
+        /* progress_ms 0: no progress lines, sleep to the end. */
+        int64_t next = O.progress_ms > 0 ? *last_t + O.progress_ms * 1000000 : until;
         int64_t wake = next < until ? next : until;
         if (wake > t) {
             sleep_ms((wake - t + 999999) / 1000000);
