@@ -65,6 +65,7 @@ typedef struct opts {
     int64_t progress_ms;
     bool election;
     bool verbose;
+    bool stats;
 } opts_t;
 
 static opts_t O = {
@@ -87,6 +88,7 @@ static opts_t O = {
     .progress_ms = 1000,
     .election = true,
     .verbose = false,
+    .stats = false,
 };
 
 static int64_t now_ns(void)
@@ -645,6 +647,69 @@ static void run_until(int64_t start, int64_t until, int64_t *last_t, uint64_t *l
     }
 }
 
+/* ---- --stats: where the time goes, from craft_stats deltas over the
+ * measured window (one line per node on stderr) ---- */
+
+static craft_stats_t stats_at_start[MAX_NODES];
+
+static void stats_snapshot(craft_stats_t *out)
+{
+    for (int i = 0; i < O.nodes; i++) {
+        craft_t *r = atomic_load(&nodes[i].r);
+        memset(&out[i], 0, sizeof out[i]);
+        if (r != NULL) {
+            craft_stats(r, &out[i]);
+        }
+    }
+}
+
+static double ratio(uint64_t a, uint64_t b)
+{
+    return b > 0 ? (double)a / (double)b : 0.0;
+}
+
+static void stats_print(uint64_t ops)
+{
+    craft_stats_t end[MAX_NODES];
+    stats_snapshot(end);
+    for (int i = 0; i < O.nodes; i++) {
+        const craft_stats_t *a = &stats_at_start[i], *b = &end[i];
+        uint64_t store_n = b->store_calls - a->store_calls;
+        uint64_t entries = b->last_log_index - a->last_log_index;
+        fprintf(stderr,
+                "craft-bench: stats node=%s state=%s entries=%llu store_calls=%llu "
+                "entries_per_store=%.2f store_avg_us=%.0f commit_avg_us=%.0f "
+                "fsm_batches=%llu entries_per_fsm_batch=%.2f fsm_apply_avg_us=%.1f "
+                "rpcs_received=%llu",
+                nodes[i].id, craft_state_name(b->state), (unsigned long long)entries,
+                (unsigned long long)store_n, ratio(entries, store_n),
+                ratio(b->store_time_us_sum - a->store_time_us_sum, store_n),
+                ratio(b->commit_time_us_sum - a->commit_time_us_sum,
+                      b->commit_time_count - a->commit_time_count),
+                (unsigned long long)(b->fsm_apply_batches - a->fsm_apply_batches),
+                ratio(b->fsm_applied - a->fsm_applied, b->fsm_apply_batches - a->fsm_apply_batches),
+                ratio(b->fsm_apply_time_us_sum - a->fsm_apply_time_us_sum,
+                      b->fsm_apply_batches - a->fsm_apply_batches),
+                (unsigned long long)(b->rpcs_received - a->rpcs_received));
+        for (size_t k = 0; k < b->n_peers; k++) {
+            const craft_peer_stats_t *pb = &b->peers[k];
+            uint64_t rpcs0 = 0;
+            for (size_t j = 0; j < a->n_peers; j++) {
+                if (strcmp(a->peers[j].id, pb->id) == 0) {
+                    rpcs0 = a->peers[j].append_rpcs;
+                }
+            }
+            fprintf(stderr, " peer[%s]: append_rpcs=%llu entries_per_rpc=%.2f rtt_us_last=%llu "
+                    "pipelining=%d",
+                    pb->id, (unsigned long long)(pb->append_rpcs - rpcs0),
+                    ratio(entries, pb->append_rpcs - rpcs0),
+                    (unsigned long long)pb->rtt_us_last, (int)pb->pipelining);
+        }
+        fprintf(stderr, "\n");
+    }
+    fprintf(stderr, "craft-bench: stats ops=%llu\n", (unsigned long long)ops);
+}
+
 /* ---- main ---- */
 
 static void usage(const char *argv0)
@@ -654,7 +719,7 @@ static void usage(const char *argv0)
             "  [--clients C] [--depth K] [--payload BYTES] [--seconds D] [--warmup W]\n"
             "  [--heartbeat-ms 100] [--election-ms 100] [--lease-ms 50] [--commit-ms T]\n"
             "  [--max-append M] [--max-inflight I] [--max-uncommitted U] [--dir DIR]\n"
-            "  [--progress-ms 1000] [--no-election] [--verbose]\n",
+            "  [--progress-ms 1000] [--no-election] [--stats] [--verbose]\n",
             argv0);
     exit(2);
 }
@@ -701,6 +766,8 @@ static void parse(int argc, char **argv)
             O.progress_ms = atoll(v);
         } else if (strcmp(a, "--no-election") == 0) {
             O.election = false;
+        } else if (strcmp(a, "--stats") == 0) {
+            O.stats = true;
         } else if (strcmp(a, "--verbose") == 0) {
             O.verbose = true;
         } else {
@@ -756,6 +823,9 @@ int main(int argc, char **argv)
         }
     }
     run_until(start, start + (int64_t)(O.warmup * 1e9), &last_t, &last_ops);
+    if (O.stats) {
+        stats_snapshot(stats_at_start);
+    }
     int64_t m_start = now_ns();
     atomic_store(&phase, PHASE_MEASURE);
     run_until(start, m_start + (int64_t)(O.seconds * 1e9), &last_t, &last_ops);
@@ -776,6 +846,9 @@ int main(int argc, char **argv)
         ops += clients[i].ops;
     }
     double window = (double)(m_end - m_start) / 1e9;
+    if (O.stats) {
+        stats_print(ops);
+    }
 
     /* Failover: shut the leader down, time until another node leads. */
     double election_ms = -1;
