@@ -11,6 +11,11 @@
 #   inmem    craft --store inmem                     vs  hashicorp inmem
 #   inmemtr  both on their in-memory transport and store (not a target)
 # Default: 10 s per cell after a 1 s warm-up, 24 runs, ~6 minutes.
+# Table: ops x = craft/hashicorp ops/s; p99 x = craft/hashicorp p99; rss x =
+# craft/hashicorp VmRSS (per node, same node count); anon x = the same for
+# RssAnon (private memory: no shared-library text, no bolt mmap); load = the
+# 1-minute load average after the two runs (other work on the machine skews
+# everything: look at it before trusting a cell).
 #
 # Needs: meson, ninja, a C toolchain, and for the Go side
 #   apt-get install -y golang-go golang-github-hashicorp-raft-dev \
@@ -61,7 +66,8 @@ run() { # impl transport store clients payload
     if [ -z "$line" ]; then
         line="{\"impl\":\"$1\",\"transport\":\"$2\",\"store\":\"$3\",\"clients\":$4,\"payload\":$5,\"ops_per_sec\":0,\"p99_us\":0,\"failed\":true}"
     fi
-    echo "$line" | sed "s/^{/{\"mode\":\"$mode\",/" >>"$out"
+    load=$(cut -d' ' -f1 /proc/loadavg)
+    echo "$line" | sed "s/^{/{\"mode\":\"$mode\",\"loadavg\":$load,/" >>"$out"
     echo "$line" >&2
 }
 
@@ -112,10 +118,12 @@ function median(a, n,   i, j, t) {
     r = get($0, "rss_kb") / (get($0, "nodes") ? get($0, "nodes") : 3)
     if (r > rmax[impl]) rmax[impl] = r
     rs[impl, key] = r
+    an[impl, key] = get($0, "rss_anon_kb") + 0
+    la[impl, key] = get($0, "loadavg") + 0
 }
 END {
-    printf "%-8s %7s %7s | %10s %10s %7s | %9s %9s %7s | %6s | %s\n", "mode", "clients", "payload",
-        "craft/s", "hashi/s", "ops x", "craft p99", "hashi p99", "p99 x", "rss x", "targets"
+    printf "%-8s %7s %7s | %10s %10s %7s | %9s %9s %7s | %6s %6s | %5s | %s\n", "mode", "clients", "payload",
+        "craft/s", "hashi/s", "ops x", "craft p99", "hashi p99", "p99 x", "rss x", "anon x", "load", "targets"
     allok = 1
     for (i = 1; i <= nk; i++) {
         k = order[i]; split(k, f, " ")
@@ -127,7 +135,8 @@ END {
         if (f[1] == "inmemtr") t = "(no target)"
         sx = rs["hashicorp", k] > 0 ? rs["craft", k] / rs["hashicorp", k] : 0
         if (sx > worst) worst = sx
-        printf "%-8s %7s %7s | %10.0f %10.0f %7.2f | %9d %9d %7.2f | %6.2f | %s\n", f[1], f[2], f[3], co, ho, rx, cp, hp, px, sx, t
+        ax = an["hashicorp", k] > 0 ? an["craft", k] / an["hashicorp", k] : 0
+        printf "%-8s %7s %7s | %10.0f %10.0f %7.2f | %9d %9d %7.2f | %6.2f %6.2f | %5.1f | %s\n", f[1], f[2], f[3], co, ho, rx, cp, hp, px, sx, ax, (la["craft", k] + la["hashicorp", k]) / 2, t
     }
     for (x = 1; x <= ne["craft"]; x++) ce[x] = el["craft", x]
     for (x = 1; x <= ne["hashicorp"]; x++) he[x] = el["hashicorp", x]

@@ -30,6 +30,7 @@
 #include <errno.h>
 #include <ftw.h>
 #include <pthread.h>
+#include <sqlite3.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -707,7 +708,11 @@ static void stats_print(uint64_t ops)
         }
         fprintf(stderr, "\n");
     }
-    fprintf(stderr, "craft-bench: stats ops=%llu\n", (unsigned long long)ops);
+    fprintf(stderr, "craft-bench: stats ops=%llu rss_anon_kb=%ld sqlite_memory_used_kb=%lld "
+            "sqlite_memory_highwater_kb=%lld\n",
+            (unsigned long long)ops, proc_status_kb("RssAnon"),
+            (long long)(sqlite3_memory_used() / 1024),
+            (long long)(sqlite3_memory_highwater(0) / 1024));
 }
 
 /* ---- main ---- */
@@ -833,6 +838,7 @@ int main(int argc, char **argv)
     int64_t m_end = now_ns();
     long rss_kb = proc_status_kb("VmRSS");
     long rss_peak_kb = proc_status_kb("VmHWM");
+    long rss_anon_kb = proc_status_kb("RssAnon");
     for (int i = 0; i < O.clients; i++) {
         pthread_join(clients[i].thread, NULL);
     }
@@ -872,12 +878,12 @@ int main(int argc, char **argv)
            "\"clients\":%d,\"depth\":%d,\"payload\":%zu,\"seconds\":%.2f,"
            "\"ops\":%llu,\"ops_per_sec\":%.1f,\"p50_us\":%llu,\"p99_us\":%llu,"
            "\"max_us\":%llu,\"election_ms\":%.1f,\"rss_kb\":%ld,"
-           "\"rss_peak_kb\":%ld,\"retries\":%llu,\"failures\":%llu}\n",
+           "\"rss_peak_kb\":%ld,\"rss_anon_kb\":%ld,\"retries\":%llu,\"failures\":%llu}\n",
            O.nodes, O.transport, O.store, O.clients, O.depth, O.payload, window,
            (unsigned long long)ops, (double)ops / window,
            (unsigned long long)hist_pct(all, 0.50),
            (unsigned long long)hist_pct(all, 0.99), (unsigned long long)all->max,
-           election_ms, rss_kb, rss_peak_kb,
+           election_ms, rss_kb, rss_peak_kb, rss_anon_kb,
            (unsigned long long)atomic_load(&retries),
            (unsigned long long)atomic_load(&failures));
     fflush(stdout);

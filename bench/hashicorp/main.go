@@ -505,7 +505,7 @@ func main() {
 	runUntil(start, mStart.Add(time.Duration(opt.seconds*float64(time.Second))), &lastT, &lastOps)
 	atomic.StoreInt32(&phase, 2)
 	mEnd := time.Now()
-	rssKB, rssPeakKB := procStatusKB("VmRSS"), procStatusKB("VmHWM")
+	rssKB, rssPeakKB, rssAnonKB := procStatusKB("VmRSS"), procStatusKB("VmHWM"), procStatusKB("RssAnon")
 	wg.Wait()
 	var all hist
 	var ops uint64
@@ -534,7 +534,7 @@ func main() {
 		Clients: opt.clients, Depth: opt.depth, Payload: opt.payload,
 		Seconds: round2(window), Ops: ops, OpsPerSec: round1(float64(ops) / window),
 		P50us: all.pct(0.50), P99us: all.pct(0.99), MaxUs: all.max,
-		ElectionMs: round1(electionMs), RssKB: rssKB, RssPeakKB: rssPeakKB,
+		ElectionMs: round1(electionMs), RssKB: rssKB, RssPeakKB: rssPeakKB, RssAnonKB: rssAnonKB,
 		Retries: atomic.LoadUint64(&retries), Failures: atomic.LoadUint64(&failures),
 		GoMaxProcs: runtime.GOMAXPROCS(0),
 	}
@@ -578,6 +578,7 @@ type result struct {
 	ElectionMs float64 `json:"election_ms"`
 	RssKB      int64   `json:"rss_kb"`
 	RssPeakKB  int64   `json:"rss_peak_kb"`
+	RssAnonKB  int64   `json:"rss_anon_kb"`
 	Retries    uint64  `json:"retries"`
 	Failures   uint64  `json:"failures"`
 	GoMaxProcs int     `json:"gomaxprocs"`
