@@ -972,10 +972,13 @@ static void send_shutdown_error(conn_t *c)
     if (craft__wire_encode_response(&b, CRAFT__WIRE_FORMAT_DEFAULT,
                                     c->rpc->rpc.type, TRANSPORT_SHUTDOWN_MSG,
                                     NULL) == 0) {
+        /* The bufferevent's output is frozen for anyone but itself: write
+         * directly, and only when nothing else is queued (order). */
         struct evbuffer *out = bufferevent_get_output(c->bev);
         evutil_socket_t fd = bufferevent_getfd(c->bev);
-        if (evbuffer_add(out, b.data, b.len) == 0 && fd >= 0) {
-            evbuffer_write(out, fd);
+        if (evbuffer_get_length(out) == 0 && fd >= 0) {
+            ssize_t n = send(fd, b.data, b.len, MSG_NOSIGNAL | MSG_DONTWAIT);
+            (void)n; /* best effort */
         }
     }
     craft__mp_buf_free(&b);
@@ -1935,6 +1938,13 @@ static int64_t snap_read(void *ctx, void *buf, size_t len)
     in_rpc_t *rpc = ctx;
     tcp_t *t = rpc->t;
     if (buf == NULL || len == 0) {
+        return CRAFT_EINVAL;
+    }
+    if (pthread_equal(pthread_self(), t->thread)) {
+        /* From inside a handler: the loop would wait for itself. */
+        CRAFT__ERROR(&t->log, COMPONENT,
+                     "snapshot reader used on the transport's loop thread "
+                     "(from a handler); read it from another thread");
         return CRAFT_EINVAL;
     }
     int64_t n;

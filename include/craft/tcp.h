@@ -63,7 +63,9 @@
  *    buffered; reading from the socket stops while the buffer is full). It
  *    is valid until respond(); bytes not read by then are drained before
  *    the next request. A read fails with CRAFT_EIO when the connection
- *    breaks and CRAFT_ECLOSED after respond() or close.
+ *    breaks and CRAFT_ECLOSED after respond() or close. It must be read on
+ *    a thread other than the loop's (not from inside the handler): a read
+ *    there returns CRAFT_EINVAL at once instead of waiting for itself.
  *  - Malformed or over-limit input, or an unknown rpc type, closes the
  *    connection (logged at WARN with the reason); so does an inbound
  *    connection that receives nothing for idle_timeout_ms while waiting for
@@ -115,7 +117,11 @@ typedef struct craft_tcp_options {
     int max_inflight;
     /* An inbound connection waiting for a request (or the rest of one, or
      * of its snapshot data) that receives nothing for this long is closed.
-     * Default 60000; 0 = never (hashicorp). */
+     * Default 60000; 0 = never (hashicorp). craft clients notice such a
+     * close on their pooled connections and retry once on a fresh one;
+     * hashicorp clients keep idle pooled connections forever and fail one
+     * RPC on a connection closed this way (raft retries it), so clusters
+     * mixed with Go nodes may prefer 0 or a long timeout. */
     int64_t idle_timeout_ms;
     /* How long a peer that closed the connection on RequestPreVote is
      * remembered as having no pre-vote. Default 60000; 0 = not
