@@ -791,6 +791,15 @@ static void parse(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
+    /* Sanitizer runs of the test suite (scripts/test.sh) scale cluster
+     * timeouts; the smoke test follows so leadership does not flap. Explicit
+     * options still win. */
+    const char *scale_env = getenv("CRAFT_TEST_TIME_SCALE");
+    if (scale_env != NULL && atoll(scale_env) > 1) {
+        O.heartbeat_ms *= atoll(scale_env);
+        O.election_ms *= atoll(scale_env);
+        O.lease_ms *= atoll(scale_env);
+    }
     parse(argc, argv);
     if (strcmp(O.store, "sqlite") == 0) {
         const char *base = O.dir ? O.dir : getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp";
