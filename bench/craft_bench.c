@@ -7,7 +7,7 @@
  *               [--warmup W] [--heartbeat-ms H] [--election-ms E]
  *               [--lease-ms L] [--commit-ms T] [--max-append M]
  *               [--max-inflight I] [--max-uncommitted U] [--dir DIR]
- *               [--progress-ms MS] [--no-election] [--verbose]
+ *               [--progress-ms MS] [--no-election] [--stats] [--verbose]
  *
  * C client threads each keep K applies of P bytes outstanding against the
  * leader (closed loop; K = 1 by default: apply, wait, repeat). A client
