@@ -261,7 +261,12 @@ void craft__candidate_loop(craft_t *r)
     }
 }
 
-/* Common refusals of hashicorp's requestVote rules (1) and (2). */
+/* Common refusals of hashicorp's requestVote rules (1) and (2). Rule (2)
+ * ("we have a leader") only holds while that leader is alive: a vote is
+ * refused within heartbeat_timeout of its last contact (Raft thesis §4.2.3,
+ * disruptive servers). hashicorp refuses for as long as it remembers the
+ * leader, which makes the first candidate after a leader crash lose a whole
+ * election timeout on followers whose own timer has not fired yet. */
 static const char *refuse_candidate(craft_t *r, const char *id, const char *addr,
                                     bool transfer)
 {
@@ -269,10 +274,15 @@ static const char *refuse_candidate(craft_t *r, const char *id, const char *addr
         craft__configuration_find(&r->latest, id) < 0) {
         return "candidate is not in the configuration";
     }
+    if (transfer) {
+        return NULL;
+    }
     const char *why = NULL;
+    int64_t ht = CRAFT__MS(atomic_load(&r->ht_ms));
     craft__mutex_lock(&r->mu);
+    bool is_leader = atomic_load(&r->state) == CRAFT_LEADER;
     if (r->leader_addr != NULL && (addr == NULL || strcmp(r->leader_addr, addr) != 0) &&
-        !transfer) {
+        (is_leader || craft__now_ns() - atomic_load(&r->last_contact_ns) < ht)) {
         why = "we have a leader";
     }
     craft__mutex_unlock(&r->mu);

@@ -278,11 +278,19 @@ void craft__follower_loop(craft_t *r)
         if (now < deadline) {
             continue;
         }
-        deadline = now + craft__random_timeout_ns(atomic_load(&r->ht_ms));
         ht = CRAFT__MS(atomic_load(&r->ht_ms));
-        if (now - atomic_load(&r->last_contact_ns) < ht) {
+        int64_t contact = atomic_load(&r->last_contact_ns);
+        if (now - contact < ht) {
+            /* Heard from the leader recently: time out HT..2HT after that
+             * contact rather than after now (detects a dead leader sooner
+             * than hashicorp's re-arm from now). */
+            deadline = contact + craft__random_timeout_ns(atomic_load(&r->ht_ms));
+            if (deadline <= now) {
+                deadline = now + ht - (now - contact);
+            }
             continue;
         }
+        deadline = now + craft__random_timeout_ns(atomic_load(&r->ht_ms));
         /* Heartbeat timeout: the leader is gone. */
         char *old_leader = NULL;
         craft__mutex_lock(&r->mu);
