@@ -257,6 +257,12 @@ int craft_new(craft_t **out, const craft_config_t *config, craft_fsm_t *fsm,
         rv = CRAFT_ENOMEM;
         goto err_after_alloc;
     }
+    /* Logged before any thread can change the configuration. */
+    CRAFT__INFO(&r->log, "raft", "initial configuration: index=%llu servers=%zu "
+                "last-index=%llu term=%llu",
+                (unsigned long long)r->latest_index, r->latest.n,
+                (unsigned long long)atomic_load(&r->last_log_index),
+                (unsigned long long)atomic_load(&r->current_term));
     if (snaps != NULL) {
         if (craft__thread_start(&r->snapshot_thread, "craft-snapshot", craft__snapshot_main,
                                 r) != 0) {
@@ -283,11 +289,6 @@ int craft_new(craft_t **out, const craft_config_t *config, craft_fsm_t *fsm,
     if (trans->set_heartbeat_handler != NULL) {
         trans->set_heartbeat_handler(trans->ctx, craft__heartbeat_handler, r);
     }
-    CRAFT__INFO(&r->log, "raft", "initial configuration: index=%llu servers=%zu "
-                "last-index=%llu term=%llu",
-                (unsigned long long)r->latest_index, r->latest.n,
-                (unsigned long long)atomic_load(&r->last_log_index),
-                (unsigned long long)atomic_load(&r->current_term));
     *out = r;
     return 0;
 

@@ -452,7 +452,16 @@ static void check_transfer(craft_t *r)
 
 static void process_commit(craft_t *r)
 {
+    /* Only a leader commits, and only what its own log holds: after a failed
+     * write it dropped a batch the followers may already have acknowledged
+     * (found by craft-fuzz disk_faults: those futures were lost). */
+    if (atomic_load(&r->state) != CRAFT_LEADER) {
+        return;
+    }
     uint64_t commit = craft__commitment_commit_index(L(r)->commitment);
+    if (commit > atomic_load(&r->last_log_index)) {
+        commit = atomic_load(&r->last_log_index);
+    }
     if (commit <= atomic_load(&r->commit_index)) {
         return;
     }
@@ -792,6 +801,9 @@ void craft__leader_loop(craft_t *r)
         flush_config_changes(r);
         process_commit(r);
         check_transfer(r);
+        if (atomic_load(&r->state) != CRAFT_LEADER) {
+            break;
+        }
         craft__trim_window(r);
         if (craft__now_ns() >= L(r)->lease_deadline_ns) {
             L(r)->lease_deadline_ns = check_lease(r);

@@ -215,9 +215,12 @@ void craft__commit_to(craft_t *r, uint64_t index, craft__queue_t *futures)
         index = atomic_load(&r->last_log_index);
     }
     if (index <= atomic_load(&r->commit_index)) {
-        if (futures != NULL && !craft__queue_empty(futures)) {
-            /* Cannot happen: futures are only collected up to the new index. */
-            CRAFT__ERROR(&r->log, "raft", "futures committed without commit advance");
+        /* Futures are only collected up to the new index; never drop one. */
+        while (futures != NULL && !craft__queue_empty(futures)) {
+            craft__queue_t *e = craft__queue_head(futures);
+            craft__queue_remove(e);
+            craft__fail_future(CRAFT__QUEUE_DATA(e, craft_future_t, link),
+                               CRAFT_ELEADERSHIPLOST);
         }
         return;
     }
