@@ -3,7 +3,8 @@
  * of craft nodes and checks the safety verifiers and linearizability.
  *
  *   craft-fuzz --scenario NAME --seed N --duration S [--nodes N]
- *              [--clients N] [--keys N] [--out DIR] [--list]
+ *              [--clients N] [--keys N] [--out DIR] [--dump] [--quiet]
+ *   craft-fuzz --list
  *   craft-fuzz --soak --duration S [--seed N] [--iteration S]
  *
  * Exit status: 0 when every verifier passed (a linearizability check that
@@ -30,13 +31,14 @@ typedef struct args {
     bool soak;
     double iteration;
     bool quiet;
+    bool dump;
 } args_t;
 
 static void usage(void)
 {
     fprintf(stderr,
             "usage: craft-fuzz --scenario NAME --seed N --duration S [--nodes N]\n"
-            "                  [--clients N] [--keys N] [--out DIR] [--quiet]\n"
+            "                  [--clients N] [--keys N] [--out DIR] [--quiet] [--dump]\n"
             "       craft-fuzz --soak --duration S [--seed N] [--iteration S]\n"
             "       craft-fuzz --list\n");
 }
@@ -102,17 +104,17 @@ static int run_one(const fz_scenario_t *sc, uint64_t seed, double duration, cons
     memset(&rep, 0, sizeof rep);
     craft_fuzzy_cluster_converge(c, 30000 * scale, &rep);
     craft_fuzzy_cluster_verify(c, &rep);
-    craft_fuzzy_history_resolve(c, &h, &rep);
-    int64_t t_lin = fz_now_us();
-    craft_fuzzy_lin_result_t lin = craft_fuzzy_check_linearizable(&h, 20000, &rep);
-    int64_t lin_ms = (fz_now_us() - t_lin) / 1000;
-
     size_t ok = 0, unknown = 0, failed = 0;
     for (size_t i = 0; i < h.n; i++) {
         ok += h.ops[i].outcome == CRAFT_FUZZY_OK;
         unknown += h.ops[i].outcome == CRAFT_FUZZY_UNKNOWN;
         failed += h.ops[i].outcome == CRAFT_FUZZY_FAILED;
     }
+    craft_fuzzy_history_resolve(c, &h, &rep);
+    int64_t t_lin = fz_now_us();
+    craft_fuzzy_lin_result_t lin = craft_fuzzy_check_linearizable(&h, 20000, &rep);
+    int64_t lin_ms = (fz_now_us() - t_lin) / 1000;
+
     craft_fuzzy_net_stats_t ns;
     craft_fuzzy_net_stats(craft_fuzzy_cluster_net(c), &ns);
     static const char *lin_names[] = {"linearizable", "NOT linearizable", "unknown (bound)"};
@@ -141,13 +143,13 @@ static int run_one(const fz_scenario_t *sc, uint64_t seed, double duration, cons
     if (status != 0 || !a->quiet) {
         print_report(&rep);
     }
-    if (status != 0) {
-        char dir[512];
-        if (a->out != NULL) {
-            snprintf(dir, sizeof dir, "%s", a->out);
-        } else {
-            snprintf(dir, sizeof dir, "craft-fuzz-%s-%" PRIu64, sc->name, seed);
-        }
+    char dir[512];
+    if (a->out != NULL) {
+        snprintf(dir, sizeof dir, "%s", a->out);
+    } else {
+        snprintf(dir, sizeof dir, "craft-fuzz-%s-%" PRIu64, sc->name, seed);
+    }
+    if (status != 0 || a->dump) {
         craft_fuzzy_cluster_dump(c, dir);
         char path[600];
         snprintf(path, sizeof path, "%s/history.txt", dir);
@@ -161,6 +163,8 @@ static int run_one(const fz_scenario_t *sc, uint64_t seed, double duration, cons
             }
             fclose(f);
         }
+    }
+    if (status != 0) {
         printf("FAILED: scenario=%s seed=%" PRIu64 " (%u violation(s)); dumps in %s\n"
                "  reproduce: craft-fuzz --scenario %s --seed %" PRIu64 " --duration %g --nodes %zu\n",
                sc->name, seed, rep.violations, dir, sc->name, seed, duration, o.nodes);
@@ -187,6 +191,8 @@ int main(int argc, char **argv)
             a.soak = true;
         } else if (strcmp(k, "--quiet") == 0) {
             a.quiet = true;
+        } else if (strcmp(k, "--dump") == 0) {
+            a.dump = true;
         } else if (v == NULL) {
             usage();
             return 2;

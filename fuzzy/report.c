@@ -29,11 +29,21 @@ static void vappend(craft_fuzzy_report_t *r, const char *prefix, const char *fmt
     r->len += (size_t)sprintf(r->text + r->len, "%s%s\n", prefix, line);
 }
 
+/* Past this many violations only the count grows: one bug tends to
+ * violate the same property at every later index. */
+#define MAX_LISTED 40
+
 void craft_fuzzy_report_violation(craft_fuzzy_report_t *r, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    vappend(r, "VIOLATION: ", fmt, ap);
+    if (r->violations < MAX_LISTED) {
+        vappend(r, "VIOLATION: ", fmt, ap);
+    } else if (r->violations == MAX_LISTED) {
+        va_end(ap);
+        va_start(ap, fmt);
+        vappend(r, "", "(further violations counted, not listed)", ap);
+    }
     va_end(ap);
     r->violations++;
 }
