@@ -281,8 +281,8 @@ static void notify_leader(void *arg, bool is_leader)
     uint64_t term = m > 0 ? c->ledger[m].term : 0;
     char by[32];
     snprintf(by, sizeof by, "%s", m > 0 ? c->ledger[m].by : "");
-    pthread_mutex_unlock(&c->ledger_mu);
     c->takeovers++;
+    pthread_mutex_unlock(&c->ledger_mu);
     if (m == 0) {
         return;
     }

@@ -252,8 +252,10 @@ static void dump_log(fz_node_t *nd, const char *dir)
         return;
     }
     static const char *st[] = {"empty", "running", "crashed", "removed"};
+    pthread_mutex_lock(&nd->c->ledger_mu);
     fprintf(f, "# %s state=%s member=%d voter=%d fsm_last=%" PRIu64 " restores=%u\n", nd->id,
             st[nd->state], nd->member, nd->voter, nd->fsm_last, nd->restores);
+    pthread_mutex_unlock(&nd->c->ledger_mu);
     craft_log_store_t *log;
     craft_stable_store_t *stable;
     bool close_after;
