@@ -788,6 +788,15 @@ int craft_fuzzy_cluster_crash(craft_fuzzy_cluster_t *c, size_t i)
     return 0;
 }
 
+void craft_fuzzy_cluster_stop(craft_fuzzy_cluster_t *c)
+{
+    for (size_t i = 0; i < c->n; i++) {
+        if (c->nodes[i].state == FZ_RUNNING) {
+            stop_node(&c->nodes[i], FZ_CRASHED);
+        }
+    }
+}
+
 int craft_fuzzy_cluster_restart(craft_fuzzy_cluster_t *c, size_t i)
 {
     if (i >= c->n || c->nodes[i].state == FZ_RUNNING || c->nodes[i].state == FZ_EMPTY) {

@@ -4,6 +4,7 @@
  *
  *   craft-fuzz --scenario NAME --seed N --duration S [--nodes N]
  *              [--clients N] [--keys N] [--out DIR] [--dump] [--quiet]
+ *              [--no-scale]   (keep the full duration under sanitizers)
  *   craft-fuzz --list
  *   craft-fuzz --soak --duration S [--seed N] [--iteration S]
  *
@@ -32,6 +33,7 @@ typedef struct args {
     double iteration;
     bool quiet;
     bool dump;
+    bool no_scale;
 } args_t;
 
 static void usage(void)
@@ -39,6 +41,7 @@ static void usage(void)
     fprintf(stderr,
             "usage: craft-fuzz --scenario NAME --seed N --duration S [--nodes N]\n"
             "                  [--clients N] [--keys N] [--out DIR] [--quiet] [--dump]\n"
+            "                  [--no-scale]\n"
             "       craft-fuzz --soak --duration S [--seed N] [--iteration S]\n"
             "       craft-fuzz --list\n");
 }
@@ -85,7 +88,7 @@ static int run_one(const fz_scenario_t *sc, uint64_t seed, double duration, cons
         return 2;
     }
     /* Sanitizer builds run the faults for a shorter time. */
-    double effective = duration / (double)scale;
+    double effective = a->no_scale ? duration : duration / (double)scale;
     if (effective < 2.0 && duration >= 2.0) {
         effective = 2.0;
     }
@@ -114,6 +117,9 @@ static int run_one(const fz_scenario_t *sc, uint64_t seed, double duration, cons
     int64_t t_lin = fz_now_us();
     craft_fuzzy_lin_result_t lin = craft_fuzzy_check_linearizable(&h, 20000, &rep);
     int64_t lin_ms = (fz_now_us() - t_lin) / 1000;
+    /* Every future must complete by the time its node is shut down. */
+    craft_fuzzy_cluster_stop(c);
+    craft_fuzzy_history_check_abandoned(&h, &rep);
 
     craft_fuzzy_net_stats_t ns;
     craft_fuzzy_net_stats(craft_fuzzy_cluster_net(c), &ns);
@@ -193,6 +199,8 @@ int main(int argc, char **argv)
             a.quiet = true;
         } else if (strcmp(k, "--dump") == 0) {
             a.dump = true;
+        } else if (strcmp(k, "--no-scale") == 0) {
+            a.no_scale = true;
         } else if (v == NULL) {
             usage();
             return 2;

@@ -105,11 +105,24 @@ static void setup_long_logs(craft_fuzzy_options_t *o)
     o->trailing_logs = 1024;
 }
 
+/* Waits until a leader other than `old` is in office (up to `ms`). */
+static void wait_new_leader(fz_run_t *run, int old, int64_t ms)
+{
+    int64_t deadline = fz_now_us() + ms * run->scale * 1000;
+    while (running(run) && fz_now_us() < deadline) {
+        int l = craft_fuzzy_cluster_leader(run->c, 0);
+        if (l >= 0 && l != old) {
+            return;
+        }
+        fz_sleep_us(5000);
+    }
+}
+
 static void nemesis_leader_partitions(fz_run_t *run)
 {
     craft_fuzzy_net_t *net = craft_fuzzy_cluster_net(run->c);
     size_t n = craft_fuzzy_cluster_slots(run->c);
-    while (running(run)) {
+    for (unsigned round = 0; running(run); round++) {
         int l = craft_fuzzy_cluster_leader(run->c, 1000 * run->scale);
         if (l < 0) {
             pause_ms(run, 50);
@@ -130,20 +143,22 @@ static void nemesis_leader_partitions(fz_run_t *run)
         }
         craft_fuzzy_net_partition(net, addrs, groups, n);
         run->events++;
-        noise(run, l, (unsigned)rnd(run, 1, 8));
-        pause_ms(run, rnd(run, 300, 1200));
-        /* Heal now (40%), a little later (20%), or not at all (40%): the
-         * next round then cuts the new leader off while the old one is
-         * still behind with its divergent entries, so logs that disagree
-         * meet a leader whose log is longer than theirs (Raft §5.3). */
+        /* Writes the cut-off leader appends but can never commit. */
+        noise(run, l, (unsigned)rnd(run, 2, 8));
+        wait_new_leader(run, l, 3000);
+        pause_ms(run, rnd(run, 100, 500));
+        /* Heal now (40%), a little later (20%), or not at all (40%, and
+         * always after the first round): the next round then cuts the new
+         * leader off while the old one rejoins the majority with its
+         * divergent entries, so a log that disagrees with the leader's
+         * meets a leader whose log is longer (Raft §5.3). */
         uint64_t roll = fz_rng_below(&run->rng, 10);
-        if (roll < 4) {
+        if (round > 0 && roll < 4) {
             craft_fuzzy_net_heal(net);
-        } else if (roll < 6) {
+        } else if (round > 0 && roll < 6) {
             pause_ms(run, rnd(run, 100, 400));
             craft_fuzzy_net_heal(net);
         }
-        pause_ms(run, rnd(run, 200, 800));
     }
 }
 

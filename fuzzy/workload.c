@@ -50,6 +50,27 @@ static uint64_t tick(void)
     return atomic_fetch_add(&logical_clock, 1);
 }
 
+/* Keeps a future the client stopped waiting for, to check at the end that
+ * it completed. */
+static void abandon(craft_fuzzy_workload_t *w, craft_future_t *f, const craft_fuzzy_op_t *op)
+{
+    pthread_mutex_lock(&w->mu);
+    craft_fuzzy_history_t *h = &w->h;
+    if (h->n_abandoned == h->cap_abandoned) {
+        size_t cap = h->cap_abandoned ? h->cap_abandoned * 2 : 64;
+        craft_fuzzy_abandoned_t *p = realloc(h->abandoned, cap * sizeof *p);
+        if (p == NULL) {
+            pthread_mutex_unlock(&w->mu);
+            craft_future_free(f);
+            return;
+        }
+        h->abandoned = p;
+        h->cap_abandoned = cap;
+    }
+    h->abandoned[h->n_abandoned++] = (craft_fuzzy_abandoned_t){f, op->client, op->opid};
+    pthread_mutex_unlock(&w->mu);
+}
+
 static void record(craft_fuzzy_workload_t *w, const craft_fuzzy_op_t *op)
 {
     pthread_mutex_lock(&w->mu);
@@ -176,7 +197,11 @@ static void run_write(client_t *cl, craft_fuzzy_op_t *op, const char *cmd)
             craft_future_free(f);
             break;
         }
-        craft_future_free(f);
+        if (rv == CRAFT_EPENDING) {
+            abandon(w, f, op);
+        } else {
+            craft_future_free(f);
+        }
         op->err = rv;
         if (!definitely_failed(rv)) {
             op->outcome = CRAFT_FUZZY_UNKNOWN;
@@ -208,7 +233,11 @@ static void run_read(client_t *cl, craft_fuzzy_op_t *op, start_kind_t how)
         op->node = i;
         int rv = craft_future_wait_for(f, left);
         uint64_t index = craft_future_index(f);
-        craft_future_free(f);
+        if (rv == CRAFT_EPENDING) {
+            abandon(w, f, op);
+        } else {
+            craft_future_free(f);
+        }
         op->err = rv;
         if (rv == 0) {
             uint64_t v;
@@ -342,8 +371,37 @@ uint64_t craft_fuzzy_workload_ok(craft_fuzzy_workload_t *w)
     return atomic_load(&w->ok);
 }
 
+unsigned craft_fuzzy_history_check_abandoned(craft_fuzzy_history_t *h,
+                                             craft_fuzzy_report_t *rep)
+{
+    unsigned v = 0;
+    for (size_t i = 0; i < h->n_abandoned; i++) {
+        craft_fuzzy_abandoned_t *a = &h->abandoned[i];
+        if (!craft_future_done(a->f)) {
+            craft_fuzzy_report_violation(rep,
+                                         "futures: c%u.%" PRIu64 " never completed although "
+                                         "every node was shut down",
+                                         a->client, a->opid);
+            v++;
+        }
+        craft_future_free(a->f);
+    }
+    if (h->n_abandoned > 0) {
+        craft_fuzzy_report_note(rep, "futures: %zu abandoned by clients, %u never completed",
+                                h->n_abandoned, v);
+    }
+    free(h->abandoned);
+    h->abandoned = NULL;
+    h->n_abandoned = h->cap_abandoned = 0;
+    return v;
+}
+
 void craft_fuzzy_history_free(craft_fuzzy_history_t *h)
 {
+    for (size_t i = 0; i < h->n_abandoned; i++) {
+        craft_future_free(h->abandoned[i].f);
+    }
+    free(h->abandoned);
     free(h->ops);
     memset(h, 0, sizeof *h);
 }

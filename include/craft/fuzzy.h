@@ -283,6 +283,10 @@ int craft_fuzzy_cluster_converge(craft_fuzzy_cluster_t *c, int64_t timeout_ms,
  * number of violations added to `rep`. */
 unsigned craft_fuzzy_cluster_verify(craft_fuzzy_cluster_t *c, craft_fuzzy_report_t *rep);
 
+/* Stops every running node (as a crash would), keeping their data for
+ * dumps; the cluster can still be dumped and freed. */
+void craft_fuzzy_cluster_stop(craft_fuzzy_cluster_t *c);
+
 /* Writes, under `dir` (created): node-<id>.log (its log store, one entry
  * per line), node-<id>.craftlog (the last lines craft logged), ledger.txt
  * (the applied command at each index). Returns 0 or CRAFT_EIO. */
@@ -329,12 +333,26 @@ typedef struct craft_fuzzy_op {
     int err;            /* craft error when not ok */
 } craft_fuzzy_op_t;
 
+/* A future a client stopped waiting for (completion deadline passed). */
+typedef struct craft_fuzzy_abandoned {
+    craft_future_t *f;
+    unsigned client;
+    uint64_t opid;
+} craft_fuzzy_abandoned_t;
+
 typedef struct craft_fuzzy_history {
     craft_fuzzy_op_t *ops;
     size_t n, cap;
+    craft_fuzzy_abandoned_t *abandoned; /* owned: freed by history_free */
+    size_t n_abandoned, cap_abandoned;
 } craft_fuzzy_history_t;
 
 void craft_fuzzy_history_free(craft_fuzzy_history_t *h);
+/* After craft_fuzzy_cluster_stop: every future a client gave up on must
+ * have completed (craft_free completes every pending future). Reports the
+ * ones that never did and frees them all. Returns the violations added. */
+unsigned craft_fuzzy_history_check_abandoned(craft_fuzzy_history_t *h,
+                                             craft_fuzzy_report_t *rep);
 /* Writes the history, one operation per line. Returns 0 or CRAFT_EIO. */
 int craft_fuzzy_history_write(const craft_fuzzy_history_t *h, const char *path);
 
