@@ -166,17 +166,18 @@ static void ledger_record(fz_node_t *nd, const craft_log_t *log, void *resp)
 
 static void *wrap_apply(void *ctx, const craft_log_t *log)
 {
-    fz_node_t *nd = ctx;
-    void *resp = nd->user->apply(nd->user->ctx, log);
+    fz_incarnation_t *inc = ctx;
+    fz_node_t *nd = inc->nd;
+    void *resp = inc->user->apply(inc->user->ctx, log);
     ledger_record(nd, log, resp);
     return resp;
 }
 
 static void wrap_release_response(void *ctx, void *resp)
 {
-    fz_node_t *nd = ctx;
-    if (nd->user->release_response != NULL) {
-        nd->user->release_response(nd->user->ctx, resp);
+    fz_incarnation_t *inc = ctx;
+    if (inc->user->release_response != NULL) {
+        inc->user->release_response(inc->user->ctx, resp);
     }
 }
 
@@ -206,12 +207,13 @@ static void wrap_snap_release(void *ctx)
 
 static int wrap_snapshot(void *ctx, craft_fsm_snapshot_t **out)
 {
-    fz_node_t *nd = ctx;
+    fz_incarnation_t *inc = ctx;
+    fz_node_t *nd = inc->nd;
     wrap_snap_t *s = calloc(1, sizeof *s);
     if (s == NULL) {
         return CRAFT_ENOMEM;
     }
-    int rv = nd->user->snapshot(nd->user->ctx, &s->inner);
+    int rv = inc->user->snapshot(inc->user->ctx, &s->inner);
     if (rv != 0) {
         free(s);
         return rv;
@@ -230,7 +232,8 @@ static int wrap_snapshot(void *ctx, craft_fsm_snapshot_t **out)
 
 static int wrap_restore(void *ctx, craft_reader_t *reader)
 {
-    fz_node_t *nd = ctx;
+    fz_incarnation_t *inc = ctx;
+    fz_node_t *nd = inc->nd;
     uint64_t hdr[3];
     size_t got = 0;
     while (got < sizeof hdr) {
@@ -246,7 +249,7 @@ static int wrap_restore(void *ctx, craft_reader_t *reader)
     if (hdr[0] != SNAP_HDR_MAGIC) {
         return CRAFT_ECORRUPT;
     }
-    int rv = nd->user->restore(nd->user->ctx, reader);
+    int rv = inc->user->restore(inc->user->ctx, reader);
     if (rv != 0) {
         return rv;
     }
@@ -367,14 +370,9 @@ static void close_parts(fz_node_t *nd)
         nd->snaps->close(nd->snaps->ctx);
         nd->snaps = NULL;
     }
-    if (nd->user != NULL) {
-        if (c->o.fsm.destroy != NULL) {
-            c->o.fsm.destroy(c->o.fsm.arg, nd->user);
-        } else {
-            craft_fuzzy_kv_fsm_free(nd->user);
-        }
-        nd->user = NULL;
-    }
+    /* The FSM stays in nd->incs (futures may still release responses). */
+    (void)c;
+    nd->user = NULL;
 }
 
 static int open_parts(fz_node_t *nd)
@@ -408,21 +406,30 @@ static int open_parts(fz_node_t *nd)
     if (rv != 0) {
         goto err;
     }
-    rv = c->o.fsm.create != NULL ? c->o.fsm.create(c->o.fsm.arg, nd->id, &nd->user)
-                                 : craft_fuzzy_kv_fsm_new(&nd->user);
-    if (rv != 0) {
+    fz_incarnation_t *inc = calloc(1, sizeof *inc);
+    if (inc == NULL) {
+        rv = CRAFT_ENOMEM;
         goto err;
     }
+    rv = c->o.fsm.create != NULL ? c->o.fsm.create(c->o.fsm.arg, nd->id, &inc->user)
+                                 : craft_fuzzy_kv_fsm_new(&inc->user);
+    if (rv != 0) {
+        free(inc);
+        goto err;
+    }
+    inc->nd = nd;
+    inc->vt.ctx = inc;
+    inc->vt.apply = wrap_apply;
+    inc->vt.release_response = wrap_release_response;
+    inc->vt.snapshot = wrap_snapshot;
+    inc->vt.restore = wrap_restore;
+    inc->next = nd->incs;
+    nd->incs = inc;
+    nd->user = inc->user;
     pthread_mutex_lock(&c->ledger_mu);
     nd->fsm_last = 0;
     nd->fsm_hash = FZ_HASH_INIT;
     pthread_mutex_unlock(&c->ledger_mu);
-    memset(&nd->wrap, 0, sizeof nd->wrap);
-    nd->wrap.ctx = nd;
-    nd->wrap.apply = wrap_apply;
-    nd->wrap.release_response = wrap_release_response;
-    nd->wrap.snapshot = wrap_snapshot;
-    nd->wrap.restore = wrap_restore;
     return 0;
 err:
     close_parts(nd);
@@ -445,7 +452,7 @@ static int start_node(fz_node_t *nd)
     node_config(nd, &conf);
     craft_t *r = NULL;
     craft_fuzzy_net_set_node_down(nd->c->net, nd->addr, false);
-    int rv = craft_new(&r, &conf, &nd->wrap, nd->log, nd->stable, nd->snaps, nd->trans);
+    int rv = craft_new(&r, &conf, &nd->incs->vt, nd->log, nd->stable, nd->snaps, nd->trans);
     if (rv != 0) {
         fz_node_note(nd, "craft_new failed: %s", craft_strerror(rv));
         return rv;
@@ -616,6 +623,16 @@ void craft_fuzzy_cluster_free(craft_fuzzy_cluster_t *c)
         }
         free(nd->ring);
         pthread_mutex_destroy(&nd->ring_mu);
+        while (nd->incs != NULL) {
+            fz_incarnation_t *inc = nd->incs;
+            nd->incs = inc->next;
+            if (c->o.fsm.destroy != NULL) {
+                c->o.fsm.destroy(c->o.fsm.arg, inc->user);
+            } else {
+                craft_fuzzy_kv_fsm_free(inc->user);
+            }
+            free(inc);
+        }
     }
     for (size_t i = 0; i < c->ledger_cap; i++) {
         free(c->ledger[i].data);

@@ -20,6 +20,16 @@ typedef struct fz_ledger_ent {
     char by[32]; /* first node that applied it */
 } fz_ledger_ent_t;
 
+/* One incarnation's FSM and its wrapper. Kept until the cluster is freed:
+ * futures completed with an FSM response call release_response when they
+ * are freed, possibly after their node crashed. */
+typedef struct fz_incarnation {
+    craft_fsm_t vt; /* what craft sees */
+    struct fz_node *nd;
+    craft_fsm_t *user;
+    struct fz_incarnation *next;
+} fz_incarnation_t;
+
 typedef struct fz_node {
     craft_fuzzy_cluster_t *c;
     size_t slot;
@@ -36,8 +46,8 @@ typedef struct fz_node {
     craft_stable_store_t *stable;
     craft_snapshot_store_t *snaps;
     craft_transport_t *trans;
-    craft_fsm_t *user;
-    craft_fsm_t wrap;
+    craft_fsm_t *user;        /* the current incarnation's FSM */
+    fz_incarnation_t *incs;   /* every incarnation, newest first */
     /* FSM wrapper state: fsm thread, under c->ledger_mu. */
     uint64_t fsm_last, fsm_hash;
     unsigned restores;

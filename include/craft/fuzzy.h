@@ -182,8 +182,10 @@ uint64_t craft_fuzzy_kv_response_value(void *response); /* get: value */
 
 typedef struct craft_fuzzy_cluster craft_fuzzy_cluster_t;
 
-/* Makes the FSMs of the nodes (one per node incarnation). NULL fields of
- * the options = the KV FSM. */
+/* Makes the FSMs of the nodes (one per node incarnation). Every FSM made
+ * is destroyed by craft_fuzzy_cluster_free only, not at a crash: a future
+ * holding an FSM response may be freed (release_response) after its node
+ * crashed. NULL fields of the options = the KV FSM. */
 typedef struct craft_fuzzy_fsm_factory {
     void *arg;
     int (*create)(void *arg, const char *node_id, craft_fsm_t **out);
