@@ -89,8 +89,8 @@ static int run_one(const fz_scenario_t *sc, uint64_t seed, double duration, cons
     }
     /* Sanitizer builds run the faults for a shorter time. */
     double effective = a->no_scale ? duration : duration / (double)scale;
-    if (effective < 2.0 && duration >= 2.0) {
-        effective = 2.0;
+    if (effective < 1.0 && duration >= 1.0) {
+        effective = 1.0;
     }
     fz_run_t run;
     memset(&run, 0, sizeof run);
