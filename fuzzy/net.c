@@ -1,0 +1,1535 @@
+/*
+ * The fault-injecting network and its transports.
+ *
+ * Every request is encoded with the hashicorp wire codec by the sender
+ * (craft__wire_encode_request) and decoded by the receiver
+ * (craft__wire_decode_request); responses likewise. Only bytes cross the
+ * "wire", so the codec's round trip is exercised by every message.
+ *
+ * A synchronous call runs on the caller's thread: it draws the message's
+ * fate from the link's RNG (down link, loss of the request or of the
+ * response, delays, duplicate, snapshot stream cut), waits the request
+ * delay (interruptible by close), hands the decoded rpc to the receiver's
+ * handler (the heartbeat handler for AppendEntries without entries, when
+ * one is set), waits for respond(), waits the response delay and decodes
+ * the response. A lost request or response costs the caller a quarter of
+ * the RPC timeout, then CRAFT_ETIMEDOUT; a down link costs 1 ms, then
+ * CRAFT_EUNREACHABLE. Duplicates go to the network's delivery thread,
+ * which hands them to the receiver after their own delay and discards the
+ * answer (so they also arrive out of order). Pipelines push their requests
+ * through worker threads: one keeps them in order, several (faults.reorder)
+ * let them overtake each other; responses are handed back in request order.
+ *
+ * Lifetimes follow transports/inmem.c: transports and calls are reference
+ * counted, a handler slot counts its invocations so that detaching waits
+ * for them, and the InstallSnapshot reader stops touching the caller's
+ * stream once the caller returned.
+ *
+ * Lock order: net->mu alone; t->mu -> call mu; pipeline mu alone (never
+ * held with t->mu).
+ */
+#include "craft/fuzzy.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "transports/wire.h"
+#include "util.h"
+
+#define MAX_EP 64
+#define LONG_RPC_FACTOR 5
+#define MAX_PIPELINE_WORKERS 3
+#define PIPELINE_WINDOW 64
+
+typedef struct fz_trans fz_trans_t;
+typedef struct call call_t;
+typedef struct pipeline pipeline_t;
+
+typedef struct term_rec {
+    uint64_t term;
+    char *id;
+} term_rec_t;
+
+typedef struct dup {
+    int64_t due_us;
+    int from, to;
+    uint8_t *bytes;
+    size_t len;
+    struct dup *next;
+} dup_t;
+
+typedef struct ep {
+    char *addr;
+    fz_trans_t *t; /* live transport at this address, or NULL */
+    int64_t slow_us;
+    bool node_down;
+} ep_t;
+
+struct craft_fuzzy_net {
+    pthread_mutex_t mu;
+    uint64_t seed;
+    int64_t timeout_ms;
+    craft_fuzzy_faults_t faults;
+    ep_t eps[MAX_EP];
+    size_t n_eps;
+    bool down[MAX_EP][MAX_EP];
+    fz_rng_t rng[MAX_EP][MAX_EP];
+    bool rng_ready[MAX_EP][MAX_EP];
+    craft_fuzzy_rpc_hook_fn hook;
+    void *hook_arg;
+    craft_fuzzy_net_stats_t st;
+    /* election safety */
+    term_rec_t *terms;
+    size_t n_terms, cap_terms;
+    craft_fuzzy_report_t safety;
+    /* duplicates */
+    pthread_t dup_thread;
+    pthread_cond_t dup_cond;
+    dup_t *dups; /* sorted by due time */
+    bool stopping;
+};
+
+typedef struct handler_slot {
+    craft_rpc_handler_fn fn;
+    void *arg;
+    uint64_t gen;
+    unsigned active_cur, active_old;
+} handler_slot_t;
+
+struct fz_trans {
+    craft_transport_t iface;
+    craft_fuzzy_net_t *net;
+    int ep;
+    char *addr;
+    atomic_int refs;
+    pthread_mutex_t mu;
+    pthread_cond_t idle;
+    handler_slot_t rpc_h, hb_h;
+    bool closed;
+    call_t *calls;
+    pipeline_t *pipelines;
+    pthread_mutex_t intern_mu;
+    char **interned;
+    size_t n_interned, cap_interned;
+};
+
+struct call {
+    craft_rpc_t rpc; /* first: respond() gets &rpc */
+    atomic_int refs;
+    pthread_mutex_t mu;
+    pthread_cond_t cond;
+    bool responded;
+    bool cancelled;
+    bool orphan; /* a duplicate: nobody waits for the answer */
+    bool decoded;
+    uint8_t *resp_bytes;
+    size_t resp_len;
+    int resp_rv; /* encoding failure of the response */
+    pipeline_t *pl;
+    call_t *prev, *next; /* in origin->calls */
+    /* InstallSnapshot stream */
+    craft_reader_t reader;
+    pthread_mutex_t reader_mu;
+    craft_reader_t *source;
+    bool live;
+    int64_t remaining;
+    int64_t cut_at; /* -1: no cut */
+    int64_t done;
+    craft_fuzzy_net_t *net;
+};
+
+/* ------------------------------------------------------------------------ */
+/* Helpers                                                                   */
+/* ------------------------------------------------------------------------ */
+
+static struct timespec abs_deadline_us(int64_t at_us)
+{
+    /* Condvars use CLOCK_MONOTONIC (cond_init). */
+    struct timespec ts = {(time_t)(at_us / 1000000), (long)(at_us % 1000000) * 1000L};
+    return ts;
+}
+
+static int cond_init(pthread_cond_t *c)
+{
+    pthread_condattr_t a;
+    pthread_condattr_init(&a);
+    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
+    int rv = pthread_cond_init(c, &a);
+    pthread_condattr_destroy(&a);
+    return rv;
+}
+
+/* The craft code whose message is `s` (remote error strings). */
+static int code_of(const char *s)
+{
+    for (int code = -1; code >= -64; code--) {
+        if (strcmp(craft_strerror(code), s) == 0 &&
+            strncmp(craft_err_name(code), "CRAFT_E", 7) == 0) {
+            return code;
+        }
+    }
+    return CRAFT_EIO;
+}
+
+static void trans_ref(fz_trans_t *t)
+{
+    atomic_fetch_add(&t->refs, 1);
+}
+
+static void trans_unref(fz_trans_t *t)
+{
+    if (atomic_fetch_sub(&t->refs, 1) != 1) {
+        return;
+    }
+    for (size_t i = 0; i < t->n_interned; i++) {
+        free(t->interned[i]);
+    }
+    free(t->interned);
+    free(t->addr);
+    pthread_mutex_destroy(&t->intern_mu);
+    pthread_cond_destroy(&t->idle);
+    pthread_mutex_destroy(&t->mu);
+    free(t);
+}
+
+static const char *intern(fz_trans_t *t, const char *s)
+{
+    if (s == NULL) {
+        return NULL;
+    }
+    const char *out = NULL;
+    pthread_mutex_lock(&t->intern_mu);
+    for (size_t i = 0; i < t->n_interned; i++) {
+        if (strcmp(t->interned[i], s) == 0) {
+            out = t->interned[i];
+            goto done;
+        }
+    }
+    if (t->n_interned == t->cap_interned) {
+        size_t cap = t->cap_interned ? t->cap_interned * 2 : 16;
+        char **p = realloc(t->interned, cap * sizeof *p);
+        if (p == NULL) {
+            goto done;
+        }
+        t->interned = p;
+        t->cap_interned = cap;
+    }
+    char *copy = strdup(s);
+    if (copy != NULL) {
+        t->interned[t->n_interned++] = copy;
+    }
+    out = copy;
+done:
+    pthread_mutex_unlock(&t->intern_mu);
+    return out;
+}
+
+/* Endpoint index of `addr`, registering it when `create`; -1 if absent or
+ * full. Called with net->mu held. */
+static int ep_find(craft_fuzzy_net_t *n, const char *addr, bool create)
+{
+    if (addr == NULL) {
+        return -1;
+    }
+    for (size_t i = 0; i < n->n_eps; i++) {
+        if (strcmp(n->eps[i].addr, addr) == 0) {
+            return (int)i;
+        }
+    }
+    if (!create || n->n_eps == MAX_EP) {
+        return -1;
+    }
+    char *copy = strdup(addr);
+    if (copy == NULL) {
+        return -1;
+    }
+    n->eps[n->n_eps].addr = copy;
+    n->eps[n->n_eps].t = NULL;
+    n->eps[n->n_eps].slow_us = 0;
+    return (int)n->n_eps++;
+}
+
+static fz_rng_t *link_rng(craft_fuzzy_net_t *n, int from, int to)
+{
+    if (!n->rng_ready[from][to]) {
+        uint64_t salt = fz_hash_str(n->eps[from].addr) * 31 + fz_hash_str(n->eps[to].addr);
+        fz_rng_seed(&n->rng[from][to], n->seed, salt);
+        n->rng_ready[from][to] = true;
+    }
+    return &n->rng[from][to];
+}
+
+/* ------------------------------------------------------------------------ */
+/* Fates                                                                     */
+/* ------------------------------------------------------------------------ */
+
+typedef struct fate {
+    bool down;
+    bool drop_req, drop_resp, dup;
+    int64_t d_req, d_resp, d_dup;
+    int64_t cut_at;
+} fate_t;
+
+static int64_t draw_delay(craft_fuzzy_net_t *n, fz_rng_t *r, int from, int to)
+{
+    const craft_fuzzy_faults_t *f = &n->faults;
+    int64_t d = fz_rng_range(r, f->delay_min_us, f->delay_max_us);
+    if (fz_rng_chance(r, f->delay_tail)) {
+        d += fz_rng_range(r, 0, f->delay_tail_us);
+    }
+    return d + n->eps[from].slow_us + n->eps[to].slow_us;
+}
+
+/* Draws every decision for one message up front, so the number of draws
+ * per message is fixed and the stream stays aligned with the seed. */
+static void draw_fate(craft_fuzzy_net_t *n, int from, int to, craft_rpc_type_t type,
+                      int64_t size, fate_t *out)
+{
+    memset(out, 0, sizeof *out);
+    out->cut_at = -1;
+    fz_rng_t *r = link_rng(n, from, to);
+    const craft_fuzzy_faults_t *f = &n->faults;
+    bool drop_req = fz_rng_chance(r, f->drop);
+    bool drop_resp = fz_rng_chance(r, f->drop_resp);
+    bool dup = fz_rng_chance(r, f->duplicate);
+    bool cut = fz_rng_chance(r, f->snapshot_cut);
+    int64_t cut_at = size > 0 ? (int64_t)fz_rng_below(r, (uint64_t)size) : 0;
+    out->d_req = draw_delay(n, r, from, to);
+    out->d_resp = draw_delay(n, r, to, from);
+    out->d_dup = draw_delay(n, r, from, to) * 2 + fz_rng_range(r, 0, 5000);
+    out->down = n->down[from][to] || n->eps[from].node_down || n->eps[to].node_down;
+    out->drop_req = drop_req;
+    out->drop_resp = drop_resp;
+    out->dup = dup && type != CRAFT_RPC_INSTALL_SNAPSHOT;
+    if (type == CRAFT_RPC_INSTALL_SNAPSHOT && cut) {
+        out->cut_at = cut_at;
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Election safety                                                           */
+/* ------------------------------------------------------------------------ */
+
+/* Called with net->mu held for every AppendEntries sent. */
+static void record_append(craft_fuzzy_net_t *n, const char *from_addr,
+                          const craft_append_entries_req_t *req)
+{
+    const char *id = req->header.id != NULL ? req->header.id : "";
+    if (req->header.addr != NULL && req->leader != NULL &&
+        strcmp(req->header.addr, req->leader) != 0) {
+        craft_fuzzy_report_violation(&n->safety,
+                                     "election safety: AppendEntries from %s (id %s, addr %s) "
+                                     "names leader %s in term %llu",
+                                     from_addr, id, req->header.addr, req->leader,
+                                     (unsigned long long)req->term);
+    }
+    /* Terms arrive mostly in order: scan from the newest. */
+    for (size_t i = n->n_terms; i-- > 0;) {
+        if (n->terms[i].term != req->term) {
+            continue;
+        }
+        if (strcmp(n->terms[i].id, id) != 0) {
+            craft_fuzzy_report_violation(&n->safety,
+                                         "election safety: two leaders in term %llu: "
+                                         "%s and %s both sent AppendEntries",
+                                         (unsigned long long)req->term, n->terms[i].id, id);
+            /* Remember the newcomer, so a pair is reported once per switch. */
+            char *copy = strdup(id);
+            if (copy != NULL) {
+                free(n->terms[i].id);
+                n->terms[i].id = copy;
+            }
+        }
+        return;
+    }
+    if (n->n_terms == n->cap_terms) {
+        size_t cap = n->cap_terms ? n->cap_terms * 2 : 64;
+        term_rec_t *p = realloc(n->terms, cap * sizeof *p);
+        if (p == NULL) {
+            return;
+        }
+        n->terms = p;
+        n->cap_terms = cap;
+    }
+    n->terms[n->n_terms].term = req->term;
+    n->terms[n->n_terms].id = strdup(id);
+    if (n->terms[n->n_terms].id != NULL) {
+        n->n_terms++;
+    }
+}
+
+unsigned craft_fuzzy_net_check_election_safety(craft_fuzzy_net_t *n, craft_fuzzy_report_t *out)
+{
+    pthread_mutex_lock(&n->mu);
+    unsigned v = n->safety.violations;
+    if (out != NULL && n->safety.text != NULL) {
+        /* Re-emit each recorded line into the caller's report. */
+        char *copy = strdup(n->safety.text);
+        pthread_mutex_unlock(&n->mu);
+        if (copy != NULL) {
+            for (char *line = strtok(copy, "\n"); line != NULL; line = strtok(NULL, "\n")) {
+                const char *p = strncmp(line, "VIOLATION: ", 11) == 0 ? line + 11 : line;
+                craft_fuzzy_report_violation(out, "%s", p);
+            }
+            free(copy);
+        }
+        return v;
+    }
+    pthread_mutex_unlock(&n->mu);
+    return v;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Calls                                                                     */
+/* ------------------------------------------------------------------------ */
+
+static void call_unref(call_t *c)
+{
+    if (atomic_fetch_sub(&c->refs, 1) != 1) {
+        return;
+    }
+    if (c->decoded) {
+        craft__wire_request_free(&c->rpc);
+    }
+    free(c->resp_bytes);
+    pthread_mutex_destroy(&c->reader_mu);
+    pthread_cond_destroy(&c->cond);
+    pthread_mutex_destroy(&c->mu);
+    free(c);
+}
+
+static void call_respond(craft_rpc_t *rpc, int err)
+{
+    call_t *c = (call_t *)rpc;
+    uint8_t *bytes = NULL;
+    size_t len = 0;
+    int rv = 0;
+    if (!c->orphan) {
+        craft__mp_buf_t b;
+        craft__mp_buf_init(&b);
+        rv = craft__wire_encode_response(&b, CRAFT__WIRE_FORMAT_DEFAULT, rpc->type,
+                                         err != 0 ? craft_strerror(err) : NULL, &rpc->resp);
+        if (rv == 0) {
+            bytes = craft__mp_buf_steal(&b, &len);
+            if (bytes == NULL) {
+                rv = CRAFT_ENOMEM;
+            }
+        } else {
+            craft__mp_buf_free(&b);
+        }
+    }
+    pthread_mutex_lock(&c->mu);
+    if (c->responded) {
+        pthread_mutex_unlock(&c->mu);
+        free(bytes);
+        return;
+    }
+    c->responded = true;
+    c->resp_bytes = bytes;
+    c->resp_len = len;
+    c->resp_rv = rv;
+    pthread_cond_signal(&c->cond);
+    pthread_mutex_unlock(&c->mu);
+    call_unref(c);
+}
+
+static int64_t call_reader_read(void *ctx, void *buf, size_t len)
+{
+    call_t *c = ctx;
+    if (buf == NULL || len == 0) {
+        return CRAFT_EINVAL;
+    }
+    int64_t n;
+    pthread_mutex_lock(&c->reader_mu);
+    if (!c->live) {
+        n = CRAFT_ECLOSED;
+    } else if (c->remaining == 0) {
+        n = 0;
+    } else {
+        if ((uint64_t)len > (uint64_t)c->remaining) {
+            len = (size_t)c->remaining;
+        }
+        if (c->cut_at >= 0 && c->done + (int64_t)len > c->cut_at) {
+            /* The connection breaks in the middle of the stream. */
+            len = (size_t)(c->cut_at - c->done);
+            if (len == 0) {
+                c->live = false;
+                pthread_mutex_unlock(&c->reader_mu);
+                pthread_mutex_lock(&c->net->mu);
+                c->net->st.snapshot_cuts++;
+                pthread_mutex_unlock(&c->net->mu);
+                return CRAFT_EIO;
+            }
+        }
+        n = c->source->read(c->source->ctx, buf, len);
+        if (n == 0) {
+            n = CRAFT_EIO;
+        } else if (n > (int64_t)len) {
+            n = CRAFT_EPROTOCOL;
+        } else if (n > 0) {
+            c->remaining -= n;
+            c->done += n;
+        }
+    }
+    pthread_mutex_unlock(&c->reader_mu);
+    return n;
+}
+
+static void call_reader_close(void *ctx)
+{
+    (void)ctx;
+}
+
+static call_t *call_new(craft_fuzzy_net_t *net)
+{
+    call_t *c = calloc(1, sizeof *c);
+    if (c == NULL) {
+        return NULL;
+    }
+    pthread_mutex_init(&c->mu, NULL);
+    cond_init(&c->cond);
+    pthread_mutex_init(&c->reader_mu, NULL);
+    atomic_init(&c->refs, 1);
+    c->cut_at = -1;
+    c->net = net;
+    return c;
+}
+
+/* Decodes `bytes` into c->rpc. */
+static int call_decode(call_t *c, const uint8_t *bytes, size_t len)
+{
+    craft__wire_decoder_t d;
+    craft__wire_decoder_init(&d, NULL);
+    size_t consumed = 0;
+    int rv = craft__wire_decode_request(&d, bytes, len, &c->rpc, &consumed);
+    if (rv != 0 || consumed != len) {
+        if (rv == 0) {
+            craft__wire_request_free(&c->rpc);
+        }
+        return rv == 0 || rv == CRAFT__WIRE_NEED_MORE ? CRAFT_EPROTOCOL : rv;
+    }
+    c->decoded = true;
+    c->rpc.respond = call_respond;
+    c->rpc.transport_data = c;
+    return 0;
+}
+
+static void handler_set(fz_trans_t *t, handler_slot_t *h, craft_rpc_handler_fn fn, void *arg)
+{
+    pthread_mutex_lock(&t->mu);
+    while (h->active_old > 0) {
+        pthread_cond_wait(&t->idle, &t->mu);
+    }
+    h->active_old = h->active_cur;
+    h->active_cur = 0;
+    h->gen++;
+    h->fn = fn;
+    h->arg = arg;
+    while (h->active_old > 0) {
+        pthread_cond_wait(&t->idle, &t->mu);
+    }
+    pthread_mutex_unlock(&t->mu);
+}
+
+/* Hands c to peer's handler; on success the consumer holds a reference. */
+static int dispatch(fz_trans_t *peer, call_t *c)
+{
+    pthread_mutex_lock(&peer->mu);
+    handler_slot_t *h = NULL;
+    if (!peer->closed) {
+        if (c->rpc.type == CRAFT_RPC_APPEND_ENTRIES && c->rpc.req.append_entries.n_entries == 0 &&
+            peer->hb_h.fn != NULL) {
+            h = &peer->hb_h;
+        } else if (peer->rpc_h.fn != NULL) {
+            h = &peer->rpc_h;
+        }
+    }
+    if (h == NULL) {
+        pthread_mutex_unlock(&peer->mu);
+        return CRAFT_EUNREACHABLE;
+    }
+    craft_rpc_handler_fn fn = h->fn;
+    void *arg = h->arg;
+    uint64_t gen = h->gen;
+    h->active_cur++;
+    pthread_mutex_unlock(&peer->mu);
+    atomic_fetch_add(&c->refs, 1);
+    fn(arg, &c->rpc);
+    pthread_mutex_lock(&peer->mu);
+    if (gen == h->gen) {
+        h->active_cur--;
+    } else {
+        h->active_old--;
+    }
+    pthread_cond_broadcast(&peer->idle);
+    pthread_mutex_unlock(&peer->mu);
+    return 0;
+}
+
+/* The live transport at endpoint `ep`, referenced; NULL when none. */
+static fz_trans_t *ep_trans(craft_fuzzy_net_t *n, int ep)
+{
+    fz_trans_t *t = NULL;
+    pthread_mutex_lock(&n->mu);
+    if (ep >= 0 && n->eps[ep].t != NULL) {
+        t = n->eps[ep].t;
+        trans_ref(t);
+    }
+    pthread_mutex_unlock(&n->mu);
+    return t;
+}
+
+static void run_hook(craft_fuzzy_net_t *n, int from, int to, const craft_rpc_t *rpc)
+{
+    pthread_mutex_lock(&n->mu);
+    craft_fuzzy_rpc_hook_fn fn = n->hook;
+    void *arg = n->hook_arg;
+    const char *fa = n->eps[from].addr, *ta = n->eps[to].addr;
+    n->st.delivered++;
+    pthread_mutex_unlock(&n->mu);
+    if (fn != NULL) {
+        fn(arg, fa, ta, rpc);
+    }
+}
+
+/* Waits on c->cond until `at_us` (monotonic) or a cancel; false when
+ * cancelled. */
+static bool call_sleep_until(call_t *c, int64_t at_us)
+{
+    struct timespec ts = abs_deadline_us(at_us);
+    pthread_mutex_lock(&c->mu);
+    while (!c->cancelled) {
+        if (pthread_cond_timedwait(&c->cond, &c->mu, &ts) == ETIMEDOUT) {
+            break;
+        }
+    }
+    bool ok = !c->cancelled;
+    pthread_mutex_unlock(&c->mu);
+    return ok;
+}
+
+static void schedule_dup(craft_fuzzy_net_t *n, int from, int to, const uint8_t *bytes,
+                         size_t len, int64_t delay_us)
+{
+    dup_t *d = calloc(1, sizeof *d);
+    if (d == NULL) {
+        return;
+    }
+    d->bytes = malloc(len);
+    if (d->bytes == NULL) {
+        free(d);
+        return;
+    }
+    memcpy(d->bytes, bytes, len);
+    d->len = len;
+    d->from = from;
+    d->to = to;
+    d->due_us = fz_now_us() + delay_us;
+    pthread_mutex_lock(&n->mu);
+    if (n->stopping) {
+        pthread_mutex_unlock(&n->mu);
+        free(d->bytes);
+        free(d);
+        return;
+    }
+    dup_t **pp = &n->dups;
+    while (*pp != NULL && (*pp)->due_us <= d->due_us) {
+        pp = &(*pp)->next;
+    }
+    d->next = *pp;
+    *pp = d;
+    n->st.duplicated++;
+    pthread_cond_signal(&n->dup_cond);
+    pthread_mutex_unlock(&n->mu);
+}
+
+static void *dup_main(void *arg)
+{
+    craft_fuzzy_net_t *n = arg;
+    pthread_mutex_lock(&n->mu);
+    while (!n->stopping) {
+        if (n->dups == NULL) {
+            pthread_cond_wait(&n->dup_cond, &n->mu);
+            continue;
+        }
+        int64_t now = fz_now_us();
+        if (n->dups->due_us > now) {
+            struct timespec ts = abs_deadline_us(n->dups->due_us);
+            pthread_cond_timedwait(&n->dup_cond, &n->mu, &ts);
+            continue;
+        }
+        dup_t *d = n->dups;
+        n->dups = d->next;
+        bool down = n->down[d->from][d->to] || n->eps[d->from].node_down ||
+                    n->eps[d->to].node_down;
+        pthread_mutex_unlock(&n->mu);
+        fz_trans_t *peer = down ? NULL : ep_trans(n, d->to);
+        if (peer != NULL) {
+            call_t *c = call_new(n);
+            if (c != NULL) {
+                c->orphan = true;
+                if (call_decode(c, d->bytes, d->len) == 0) {
+                    run_hook(n, d->from, d->to, &c->rpc);
+                    dispatch(peer, c);
+                }
+                call_unref(c);
+            }
+            trans_unref(peer);
+        }
+        free(d->bytes);
+        free(d);
+        pthread_mutex_lock(&n->mu);
+    }
+    pthread_mutex_unlock(&n->mu);
+    return NULL;
+}
+
+/* Encodes a request and records what election safety needs. */
+static int encode_req(fz_trans_t *t, craft_rpc_type_t type, const void *req, uint8_t **bytes,
+                      size_t *len)
+{
+    craft__mp_buf_t b;
+    craft__mp_buf_init(&b);
+    int rv = craft__wire_encode_request(&b, CRAFT__WIRE_FORMAT_DEFAULT, type, req);
+    if (rv != 0) {
+        craft__mp_buf_free(&b);
+        return rv;
+    }
+    *bytes = craft__mp_buf_steal(&b, len);
+    if (*bytes == NULL) {
+        return CRAFT_ENOMEM;
+    }
+    if (type == CRAFT_RPC_APPEND_ENTRIES) {
+        pthread_mutex_lock(&t->net->mu);
+        record_append(t->net, t->addr, req);
+        pthread_mutex_unlock(&t->net->mu);
+    }
+    return 0;
+}
+
+/* Copies a decoded response body out with header strings interned in t. */
+static void resp_out(fz_trans_t *t, craft_rpc_type_t type, craft__wire_response_t *w, void *resp)
+{
+    craft_rpc_header_t *h = NULL;
+    switch (type) {
+    case CRAFT_RPC_APPEND_ENTRIES:
+        memcpy(resp, &w->body.append_entries, sizeof w->body.append_entries);
+        h = &((craft_append_entries_resp_t *)resp)->header;
+        break;
+    case CRAFT_RPC_REQUEST_VOTE:
+        memcpy(resp, &w->body.request_vote, sizeof w->body.request_vote);
+        h = &((craft_request_vote_resp_t *)resp)->header;
+        break;
+    case CRAFT_RPC_REQUEST_PREVOTE:
+        memcpy(resp, &w->body.request_prevote, sizeof w->body.request_prevote);
+        h = &((craft_request_prevote_resp_t *)resp)->header;
+        break;
+    case CRAFT_RPC_INSTALL_SNAPSHOT:
+        memcpy(resp, &w->body.install_snapshot, sizeof w->body.install_snapshot);
+        h = &((craft_install_snapshot_resp_t *)resp)->header;
+        break;
+    case CRAFT_RPC_TIMEOUT_NOW:
+        memcpy(resp, &w->body.timeout_now, sizeof w->body.timeout_now);
+        h = &((craft_timeout_now_resp_t *)resp)->header;
+        break;
+    }
+    if (h != NULL) {
+        h->id = intern(t, h->id);
+        h->addr = intern(t, h->addr);
+    }
+}
+
+static void count(craft_fuzzy_net_t *n, uint64_t *field)
+{
+    pthread_mutex_lock(&n->mu);
+    (*field)++;
+    pthread_mutex_unlock(&n->mu);
+}
+
+/* One RPC of `type`, already encoded, from t to `target`. */
+static int do_call(fz_trans_t *t, const char *target, craft_rpc_type_t type,
+                   const uint8_t *bytes, size_t len, void *resp, craft_reader_t *data,
+                   int64_t size, int64_t timeout_ms, pipeline_t *p);
+
+struct pipeline {
+    craft_pipeline_t iface;
+    fz_trans_t *t;
+    char *target;
+    pthread_mutex_t mu;
+    pthread_cond_t cond;
+    struct pl_item *head, *tail, *next_to_send;
+    size_t n_items;
+    bool closed;
+    int n_workers;
+    pthread_t workers[MAX_PIPELINE_WORKERS];
+    pipeline_t *prev, *next;
+};
+
+static bool pipeline_closed(pipeline_t *p)
+{
+    pthread_mutex_lock(&p->mu);
+    bool closed = p->closed;
+    pthread_mutex_unlock(&p->mu);
+    return closed;
+}
+
+static int do_call(fz_trans_t *t, const char *target, craft_rpc_type_t type,
+                   const uint8_t *bytes, size_t len, void *resp, craft_reader_t *data,
+                   int64_t size, int64_t timeout_ms, pipeline_t *p)
+{
+    craft_fuzzy_net_t *n = t->net;
+    int64_t start = fz_now_us();
+    int64_t deadline = start + timeout_ms * 1000;
+    fate_t fate;
+    memset(&fate, 0, sizeof fate);
+    pthread_mutex_lock(&n->mu);
+    n->st.requests++;
+    int to = ep_find(n, target, false);
+    if (to >= 0) {
+        draw_fate(n, t->ep, to, type, size, &fate);
+    }
+    pthread_mutex_unlock(&n->mu);
+
+    call_t *c = call_new(n);
+    if (c == NULL) {
+        return CRAFT_ENOMEM;
+    }
+    c->pl = p;
+    pthread_mutex_lock(&t->mu);
+    if (t->closed) {
+        pthread_mutex_unlock(&t->mu);
+        call_unref(c);
+        return CRAFT_ECLOSED;
+    }
+    c->next = t->calls;
+    if (t->calls != NULL) {
+        t->calls->prev = c;
+    }
+    t->calls = c;
+    pthread_mutex_unlock(&t->mu);
+    if (p != NULL && pipeline_closed(p)) {
+        pthread_mutex_lock(&c->mu);
+        c->cancelled = true;
+        pthread_mutex_unlock(&c->mu);
+    }
+
+    int rv;
+    fz_trans_t *peer = NULL;
+    if (to < 0 || fate.down) {
+        count(n, &n->st.unreachable);
+        rv = call_sleep_until(c, start + 1000) ? CRAFT_EUNREACHABLE : CRAFT_ECLOSED;
+        goto out;
+    }
+    if (fate.drop_req) {
+        count(n, &n->st.dropped);
+        rv = call_sleep_until(c, start + timeout_ms * 250) ? CRAFT_ETIMEDOUT : CRAFT_ECLOSED;
+        goto out;
+    }
+    if (!call_sleep_until(c, start + fate.d_req)) {
+        rv = CRAFT_ECLOSED;
+        goto out;
+    }
+    /* A link cut while the message was in flight loses it. */
+    pthread_mutex_lock(&n->mu);
+    bool down_now = n->down[t->ep][to] || n->eps[t->ep].node_down || n->eps[to].node_down;
+    pthread_mutex_unlock(&n->mu);
+    if (down_now) {
+        count(n, &n->st.unreachable);
+        rv = CRAFT_EUNREACHABLE;
+        goto out;
+    }
+    peer = ep_trans(n, to);
+    if (peer == NULL) {
+        count(n, &n->st.unreachable);
+        rv = CRAFT_EUNREACHABLE;
+        goto out;
+    }
+    rv = call_decode(c, bytes, len);
+    if (rv != 0) {
+        count(n, &n->st.codec_errors);
+        fprintf(stderr, "fuzzy net: request of type %d does not decode: %s\n", (int)type,
+                craft_strerror(rv));
+        goto out;
+    }
+    if (type == CRAFT_RPC_INSTALL_SNAPSHOT) {
+        count(n, &n->st.snapshots);
+        c->source = data;
+        c->live = true;
+        c->remaining = c->rpc.req.install_snapshot.size;
+        c->cut_at = fate.cut_at;
+        c->reader.ctx = c;
+        c->reader.read = call_reader_read;
+        c->reader.close = call_reader_close;
+        c->rpc.reader = &c->reader;
+    }
+    if (fate.dup) {
+        schedule_dup(n, t->ep, to, bytes, len, fate.d_dup);
+    }
+    run_hook(n, t->ep, to, &c->rpc);
+    rv = dispatch(peer, c);
+    if (rv != 0) {
+        count(n, &n->st.unreachable);
+        goto out;
+    }
+    struct timespec ts = abs_deadline_us(deadline);
+    pthread_mutex_lock(&c->mu);
+    while (!c->responded && !c->cancelled) {
+        if (pthread_cond_timedwait(&c->cond, &c->mu, &ts) == ETIMEDOUT) {
+            break;
+        }
+    }
+    bool responded = c->responded, cancelled = c->cancelled;
+    pthread_mutex_unlock(&c->mu);
+    if (!responded) {
+        rv = cancelled ? CRAFT_ECLOSED : CRAFT_ETIMEDOUT;
+        goto out;
+    }
+    if (c->resp_rv != 0) {
+        rv = c->resp_rv;
+        count(n, &n->st.codec_errors);
+        fprintf(stderr, "fuzzy net: response of type %d does not encode: %s\n", (int)type,
+                craft_strerror(rv));
+        goto out;
+    }
+    if (fate.drop_resp) {
+        count(n, &n->st.dropped_resp);
+        int64_t at = fz_now_us() + timeout_ms * 250;
+        rv = call_sleep_until(c, at < deadline ? at : deadline) ? CRAFT_ETIMEDOUT : CRAFT_ECLOSED;
+        goto out;
+    }
+    if (!call_sleep_until(c, fz_now_us() + fate.d_resp)) {
+        rv = CRAFT_ECLOSED;
+        goto out;
+    }
+    craft__wire_decoder_t d;
+    craft__wire_decoder_init(&d, NULL);
+    craft__wire_response_t w;
+    memset(&w, 0, sizeof w);
+    size_t consumed = 0;
+    rv = craft__wire_decode_response(&d, type, c->resp_bytes, c->resp_len, &w, &consumed);
+    if (rv != 0 || consumed != c->resp_len) {
+        if (rv == 0) {
+            craft__wire_response_free(&w);
+        }
+        count(n, &n->st.codec_errors);
+        fprintf(stderr, "fuzzy net: response of type %d does not decode\n", (int)type);
+        rv = CRAFT_EPROTOCOL;
+        goto out;
+    }
+    if (w.error != NULL) {
+        rv = code_of(w.error);
+    } else {
+        resp_out(t, type, &w, resp);
+        rv = 0;
+    }
+    craft__wire_response_free(&w);
+
+out:
+    if (type == CRAFT_RPC_INSTALL_SNAPSHOT) {
+        pthread_mutex_lock(&c->reader_mu);
+        c->live = false;
+        c->source = NULL;
+        pthread_mutex_unlock(&c->reader_mu);
+    }
+    if (peer != NULL) {
+        trans_unref(peer);
+    }
+    pthread_mutex_lock(&t->mu);
+    if (c->prev != NULL) {
+        c->prev->next = c->next;
+    } else {
+        t->calls = c->next;
+    }
+    if (c->next != NULL) {
+        c->next->prev = c->prev;
+    }
+    pthread_mutex_unlock(&t->mu);
+    call_unref(c);
+    return rv;
+}
+
+static int sync_rpc(void *ctx, const char *target, craft_rpc_type_t type, const void *req,
+                    void *resp, craft_reader_t *data, int64_t factor)
+{
+    fz_trans_t *t = ctx;
+    if (target == NULL || req == NULL || resp == NULL) {
+        return CRAFT_EINVAL;
+    }
+    int64_t size = 0;
+    if (type == CRAFT_RPC_INSTALL_SNAPSHOT) {
+        size = ((const craft_install_snapshot_req_t *)req)->size;
+        if (size < 0 || (size > 0 && (data == NULL || data->read == NULL))) {
+            return CRAFT_EINVAL;
+        }
+    }
+    uint8_t *bytes = NULL;
+    size_t len = 0;
+    int rv = encode_req(t, type, req, &bytes, &len);
+    if (rv != 0) {
+        return rv;
+    }
+    rv = do_call(t, target, type, bytes, len, resp, data, size, t->net->timeout_ms * factor,
+                 NULL);
+    free(bytes);
+    return rv;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Pipelines                                                                 */
+/* ------------------------------------------------------------------------ */
+
+typedef enum { PL_QUEUED, PL_SENDING, PL_DONE } pl_state_t;
+
+typedef struct pl_item {
+    uint8_t *bytes;
+    size_t len;
+    void *tag;
+    pl_state_t state;
+    bool abandoned;
+    int err;
+    craft_append_entries_resp_t resp;
+    struct pl_item *next;
+} pl_item_t;
+
+static void pl_item_free(pl_item_t *it)
+{
+    free(it->bytes);
+    free(it);
+}
+
+static void *pipeline_worker(void *arg)
+{
+    pipeline_t *p = arg;
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        while (!p->closed && p->next_to_send == NULL) {
+            pthread_cond_wait(&p->cond, &p->mu);
+        }
+        if (p->closed) {
+            break;
+        }
+        pl_item_t *it = p->next_to_send;
+        p->next_to_send = it->next;
+        it->state = PL_SENDING;
+        pthread_mutex_unlock(&p->mu);
+        craft_append_entries_resp_t resp;
+        memset(&resp, 0, sizeof resp);
+        int err = do_call(p->t, p->target, CRAFT_RPC_APPEND_ENTRIES, it->bytes, it->len, &resp,
+                          NULL, 0, p->t->net->timeout_ms, p);
+        pthread_mutex_lock(&p->mu);
+        if (it->abandoned) {
+            pl_item_free(it);
+        } else {
+            it->err = err;
+            it->resp = resp;
+            it->state = PL_DONE;
+        }
+        pthread_cond_broadcast(&p->cond);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+static int pipeline_append(void *ctx, const craft_append_entries_req_t *req, void *tag)
+{
+    pipeline_t *p = ctx;
+    if (req == NULL) {
+        return CRAFT_EINVAL;
+    }
+    pl_item_t *it = calloc(1, sizeof *it);
+    if (it == NULL) {
+        return CRAFT_ENOMEM;
+    }
+    int rv = encode_req(p->t, CRAFT_RPC_APPEND_ENTRIES, req, &it->bytes, &it->len);
+    if (rv != 0) {
+        free(it);
+        return rv;
+    }
+    it->tag = tag;
+    pthread_mutex_lock(&p->mu);
+    while (!p->closed && p->n_items >= PIPELINE_WINDOW) {
+        pthread_cond_wait(&p->cond, &p->mu);
+    }
+    if (p->closed) {
+        pthread_mutex_unlock(&p->mu);
+        pl_item_free(it);
+        return CRAFT_ECLOSED;
+    }
+    if (p->tail != NULL) {
+        p->tail->next = it;
+    } else {
+        p->head = it;
+    }
+    p->tail = it;
+    if (p->next_to_send == NULL) {
+        p->next_to_send = it;
+    }
+    p->n_items++;
+    pthread_cond_broadcast(&p->cond);
+    pthread_mutex_unlock(&p->mu);
+    return 0;
+}
+
+static pl_item_t *pipeline_pop(pipeline_t *p)
+{
+    pl_item_t *it = p->head;
+    p->head = it->next;
+    if (p->head == NULL) {
+        p->tail = NULL;
+    }
+    p->n_items--;
+    pthread_cond_broadcast(&p->cond);
+    return it;
+}
+
+static int pipeline_next(void *ctx, craft_append_entries_resp_t *resp, void **tag)
+{
+    pipeline_t *p = ctx;
+    if (resp == NULL || tag == NULL) {
+        return CRAFT_EINVAL;
+    }
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        if (p->closed) {
+            if (p->head == NULL) {
+                *tag = NULL;
+                break;
+            }
+            pl_item_t *it = pipeline_pop(p);
+            if (p->next_to_send == it) {
+                p->next_to_send = it->next;
+            }
+            *tag = it->tag;
+            if (it->state == PL_SENDING) {
+                it->abandoned = true;
+            } else {
+                pl_item_free(it);
+            }
+            break;
+        }
+        if (p->head != NULL && p->head->state == PL_DONE) {
+            pl_item_t *it = pipeline_pop(p);
+            int err = it->err;
+            *tag = it->tag;
+            if (err == 0) {
+                *resp = it->resp;
+            }
+            pl_item_free(it);
+            pthread_mutex_unlock(&p->mu);
+            return err;
+        }
+        pthread_cond_wait(&p->cond, &p->mu);
+    }
+    pthread_mutex_unlock(&p->mu);
+    return CRAFT_ECLOSED;
+}
+
+static void cancel_calls(fz_trans_t *t, pipeline_t *only)
+{
+    pthread_mutex_lock(&t->mu);
+    for (call_t *c = t->calls; c != NULL; c = c->next) {
+        if (only == NULL || c->pl == only) {
+            pthread_mutex_lock(&c->mu);
+            c->cancelled = true;
+            pthread_cond_signal(&c->cond);
+            pthread_mutex_unlock(&c->mu);
+        }
+    }
+    pthread_mutex_unlock(&t->mu);
+}
+
+static void pipeline_close(void *ctx)
+{
+    pipeline_t *p = ctx;
+    pthread_mutex_lock(&p->mu);
+    bool was = p->closed;
+    p->closed = true;
+    pthread_cond_broadcast(&p->cond);
+    pthread_mutex_unlock(&p->mu);
+    if (!was) {
+        cancel_calls(p->t, p);
+    }
+}
+
+static void pipeline_free(void *ctx)
+{
+    pipeline_t *p = ctx;
+    if (p == NULL) {
+        return;
+    }
+    pipeline_close(p);
+    for (int i = 0; i < p->n_workers; i++) {
+        pthread_join(p->workers[i], NULL);
+    }
+    fz_trans_t *t = p->t;
+    pthread_mutex_lock(&t->mu);
+    if (p->prev != NULL) {
+        p->prev->next = p->next;
+    } else {
+        t->pipelines = p->next;
+    }
+    if (p->next != NULL) {
+        p->next->prev = p->prev;
+    }
+    pthread_mutex_unlock(&t->mu);
+    while (p->head != NULL) {
+        pl_item_free(pipeline_pop(p));
+    }
+    free(p->target);
+    pthread_cond_destroy(&p->cond);
+    pthread_mutex_destroy(&p->mu);
+    free(p);
+    trans_unref(t);
+}
+
+static int trans_pipeline(void *ctx, const char *id, const char *target, craft_pipeline_t **out)
+{
+    fz_trans_t *t = ctx;
+    (void)id;
+    if (target == NULL || out == NULL) {
+        return CRAFT_EINVAL;
+    }
+    pipeline_t *p = calloc(1, sizeof *p);
+    if (p == NULL) {
+        return CRAFT_ENOMEM;
+    }
+    p->target = strdup(target);
+    if (p->target == NULL) {
+        free(p);
+        return CRAFT_ENOMEM;
+    }
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_cond_init(&p->cond, NULL);
+    p->iface.ctx = p;
+    p->iface.append_entries = pipeline_append;
+    p->iface.next_response = pipeline_next;
+    p->iface.close = pipeline_close;
+    p->iface.free = pipeline_free;
+    pthread_mutex_lock(&t->net->mu);
+    p->n_workers = t->net->faults.reorder ? MAX_PIPELINE_WORKERS : 1;
+    pthread_mutex_unlock(&t->net->mu);
+    trans_ref(t);
+    p->t = t;
+    pthread_mutex_lock(&t->mu);
+    if (t->closed) {
+        pthread_mutex_unlock(&t->mu);
+        p->n_workers = 0;
+        pipeline_free(p);
+        return CRAFT_ECLOSED;
+    }
+    for (int i = 0; i < p->n_workers; i++) {
+        if (pthread_create(&p->workers[i], NULL, pipeline_worker, p) != 0) {
+            p->n_workers = i;
+            pthread_mutex_unlock(&t->mu);
+            pipeline_free(p);
+            return CRAFT_ENOMEM;
+        }
+    }
+    p->next = t->pipelines;
+    if (t->pipelines != NULL) {
+        t->pipelines->prev = p;
+    }
+    t->pipelines = p;
+    pthread_mutex_unlock(&t->mu);
+    *out = &p->iface;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Transport vtable                                                          */
+/* ------------------------------------------------------------------------ */
+
+static void trans_set_rpc_handler(void *ctx, craft_rpc_handler_fn fn, void *arg)
+{
+    fz_trans_t *t = ctx;
+    handler_set(t, &t->rpc_h, fn, arg);
+}
+
+static void trans_set_hb_handler(void *ctx, craft_rpc_handler_fn fn, void *arg)
+{
+    fz_trans_t *t = ctx;
+    handler_set(t, &t->hb_h, fn, arg);
+}
+
+static const char *trans_local_addr(void *ctx)
+{
+    return ((fz_trans_t *)ctx)->addr;
+}
+
+static int trans_ae(void *ctx, const char *id, const char *target,
+                    const craft_append_entries_req_t *req, craft_append_entries_resp_t *resp)
+{
+    (void)id;
+    return sync_rpc(ctx, target, CRAFT_RPC_APPEND_ENTRIES, req, resp, NULL, 1);
+}
+
+static int trans_rv(void *ctx, const char *id, const char *target,
+                    const craft_request_vote_req_t *req, craft_request_vote_resp_t *resp)
+{
+    (void)id;
+    return sync_rpc(ctx, target, CRAFT_RPC_REQUEST_VOTE, req, resp, NULL, 1);
+}
+
+static int trans_prevote(void *ctx, const char *id, const char *target,
+                         const craft_request_prevote_req_t *req,
+                         craft_request_prevote_resp_t *resp)
+{
+    (void)id;
+    return sync_rpc(ctx, target, CRAFT_RPC_REQUEST_PREVOTE, req, resp, NULL, 1);
+}
+
+static int trans_is(void *ctx, const char *id, const char *target,
+                    const craft_install_snapshot_req_t *req, craft_install_snapshot_resp_t *resp,
+                    craft_reader_t *data)
+{
+    (void)id;
+    return sync_rpc(ctx, target, CRAFT_RPC_INSTALL_SNAPSHOT, req, resp, data, LONG_RPC_FACTOR);
+}
+
+static int trans_tn(void *ctx, const char *id, const char *target,
+                    const craft_timeout_now_req_t *req, craft_timeout_now_resp_t *resp)
+{
+    (void)id;
+    return sync_rpc(ctx, target, CRAFT_RPC_TIMEOUT_NOW, req, resp, NULL, LONG_RPC_FACTOR);
+}
+
+static void trans_close(void *ctx)
+{
+    fz_trans_t *t = ctx;
+    if (t == NULL) {
+        return;
+    }
+    craft_fuzzy_net_t *n = t->net;
+    pthread_mutex_lock(&n->mu);
+    if (n->eps[t->ep].t == t) {
+        n->eps[t->ep].t = NULL;
+    }
+    pthread_mutex_unlock(&n->mu);
+    pthread_mutex_lock(&t->mu);
+    t->closed = true;
+    pthread_mutex_unlock(&t->mu);
+    cancel_calls(t, NULL);
+    /* Close pipelines (their calls are cancelled above); they are freed by
+     * their owner. Walk under t->mu but close outside it. */
+    for (;;) {
+        pipeline_t *open = NULL;
+        pthread_mutex_lock(&t->mu);
+        for (pipeline_t *p = t->pipelines; p != NULL; p = p->next) {
+            if (!pipeline_closed(p)) {
+                open = p;
+                break;
+            }
+        }
+        pthread_mutex_unlock(&t->mu);
+        if (open == NULL) {
+            break;
+        }
+        pipeline_close(open);
+    }
+    handler_set(t, &t->rpc_h, NULL, NULL);
+    handler_set(t, &t->hb_h, NULL, NULL);
+    trans_unref(t);
+}
+
+int craft_fuzzy_net_transport(craft_fuzzy_net_t *n, const char *addr, craft_transport_t **out)
+{
+    if (n == NULL || addr == NULL || out == NULL) {
+        return CRAFT_EINVAL;
+    }
+    fz_trans_t *t = calloc(1, sizeof *t);
+    if (t == NULL) {
+        return CRAFT_ENOMEM;
+    }
+    t->addr = strdup(addr);
+    if (t->addr == NULL) {
+        free(t);
+        return CRAFT_ENOMEM;
+    }
+    pthread_mutex_init(&t->mu, NULL);
+    pthread_cond_init(&t->idle, NULL);
+    pthread_mutex_init(&t->intern_mu, NULL);
+    atomic_init(&t->refs, 1);
+    t->net = n;
+    t->iface.ctx = t;
+    t->iface.set_rpc_handler = trans_set_rpc_handler;
+    t->iface.set_heartbeat_handler = trans_set_hb_handler;
+    t->iface.local_addr = trans_local_addr;
+    t->iface.append_entries = trans_ae;
+    t->iface.request_vote = trans_rv;
+    t->iface.request_prevote = trans_prevote;
+    t->iface.install_snapshot = trans_is;
+    t->iface.timeout_now = trans_tn;
+    t->iface.append_entries_pipeline = trans_pipeline;
+    t->iface.close = trans_close;
+    pthread_mutex_lock(&n->mu);
+    int ep = ep_find(n, addr, true);
+    if (ep < 0 || n->eps[ep].t != NULL) {
+        pthread_mutex_unlock(&n->mu);
+        t->ep = 0;
+        trans_unref(t);
+        return ep < 0 ? CRAFT_ENOMEM : CRAFT_EINVAL;
+    }
+    t->ep = ep;
+    n->eps[ep].t = t;
+    pthread_mutex_unlock(&n->mu);
+    *out = &t->iface;
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* The network                                                               */
+/* ------------------------------------------------------------------------ */
+
+int craft_fuzzy_net_new(uint64_t seed, int64_t rpc_timeout_ms, craft_fuzzy_net_t **out)
+{
+    if (out == NULL || rpc_timeout_ms <= 0) {
+        return CRAFT_EINVAL;
+    }
+    craft_fuzzy_net_t *n = calloc(1, sizeof *n);
+    if (n == NULL) {
+        return CRAFT_ENOMEM;
+    }
+    pthread_mutex_init(&n->mu, NULL);
+    cond_init(&n->dup_cond);
+    n->seed = seed;
+    n->timeout_ms = rpc_timeout_ms;
+    if (pthread_create(&n->dup_thread, NULL, dup_main, n) != 0) {
+        pthread_cond_destroy(&n->dup_cond);
+        pthread_mutex_destroy(&n->mu);
+        free(n);
+        return CRAFT_ENOMEM;
+    }
+    *out = n;
+    return 0;
+}
+
+void craft_fuzzy_net_free(craft_fuzzy_net_t *n)
+{
+    if (n == NULL) {
+        return;
+    }
+    pthread_mutex_lock(&n->mu);
+    n->stopping = true;
+    pthread_cond_signal(&n->dup_cond);
+    pthread_mutex_unlock(&n->mu);
+    pthread_join(n->dup_thread, NULL);
+    while (n->dups != NULL) {
+        dup_t *d = n->dups;
+        n->dups = d->next;
+        free(d->bytes);
+        free(d);
+    }
+    for (size_t i = 0; i < n->n_eps; i++) {
+        free(n->eps[i].addr);
+    }
+    for (size_t i = 0; i < n->n_terms; i++) {
+        free(n->terms[i].id);
+    }
+    free(n->terms);
+    craft_fuzzy_report_free(&n->safety);
+    pthread_cond_destroy(&n->dup_cond);
+    pthread_mutex_destroy(&n->mu);
+    free(n);
+}
+
+void craft_fuzzy_net_set_faults(craft_fuzzy_net_t *n, const craft_fuzzy_faults_t *f)
+{
+    pthread_mutex_lock(&n->mu);
+    if (f != NULL) {
+        n->faults = *f;
+    } else {
+        memset(&n->faults, 0, sizeof n->faults);
+    }
+    pthread_mutex_unlock(&n->mu);
+}
+
+void craft_fuzzy_net_set_slow(craft_fuzzy_net_t *n, const char *addr, int64_t extra_us)
+{
+    pthread_mutex_lock(&n->mu);
+    int ep = ep_find(n, addr, true);
+    if (ep >= 0) {
+        n->eps[ep].slow_us = extra_us > 0 ? extra_us : 0;
+    }
+    pthread_mutex_unlock(&n->mu);
+}
+
+void craft_fuzzy_net_set_link(craft_fuzzy_net_t *n, const char *from, const char *to, bool up)
+{
+    pthread_mutex_lock(&n->mu);
+    int a = ep_find(n, from, true), b = ep_find(n, to, true);
+    if (a >= 0 && b >= 0) {
+        n->down[a][b] = !up;
+    }
+    pthread_mutex_unlock(&n->mu);
+}
+
+void craft_fuzzy_net_isolate(craft_fuzzy_net_t *n, const char *addr, bool isolated)
+{
+    pthread_mutex_lock(&n->mu);
+    int a = ep_find(n, addr, true);
+    if (a >= 0) {
+        for (size_t b = 0; b < MAX_EP; b++) {
+            if ((int)b != a) {
+                n->down[a][b] = isolated;
+                n->down[b][a] = isolated;
+            }
+        }
+    }
+    pthread_mutex_unlock(&n->mu);
+}
+
+void craft_fuzzy_net_partition(craft_fuzzy_net_t *n, const char *const *addrs, const int *groups,
+                               size_t count)
+{
+    pthread_mutex_lock(&n->mu);
+    for (size_t i = 0; i < count; i++) {
+        int a = ep_find(n, addrs[i], true);
+        for (size_t j = 0; j < count; j++) {
+            int b = ep_find(n, addrs[j], true);
+            if (i != j && a >= 0 && b >= 0) {
+                n->down[a][b] = groups[i] != groups[j];
+            }
+        }
+    }
+    pthread_mutex_unlock(&n->mu);
+}
+
+void craft_fuzzy_net_set_node_down(craft_fuzzy_net_t *n, const char *addr, bool down)
+{
+    pthread_mutex_lock(&n->mu);
+    int ep = ep_find(n, addr, true);
+    if (ep >= 0) {
+        n->eps[ep].node_down = down;
+    }
+    pthread_mutex_unlock(&n->mu);
+}
+
+void craft_fuzzy_net_heal(craft_fuzzy_net_t *n)
+{
+    pthread_mutex_lock(&n->mu);
+    memset(n->down, 0, sizeof n->down);
+    for (size_t i = 0; i < n->n_eps; i++) {
+        n->eps[i].slow_us = 0;
+    }
+    pthread_mutex_unlock(&n->mu);
+}
+
+void craft_fuzzy_net_set_hook(craft_fuzzy_net_t *n, craft_fuzzy_rpc_hook_fn fn, void *arg)
+{
+    pthread_mutex_lock(&n->mu);
+    n->hook = fn;
+    n->hook_arg = arg;
+    pthread_mutex_unlock(&n->mu);
+}
+
+void craft_fuzzy_net_stats(craft_fuzzy_net_t *n, craft_fuzzy_net_stats_t *out)
+{
+    pthread_mutex_lock(&n->mu);
+    *out = n->st;
+    pthread_mutex_unlock(&n->mu);
+}

@@ -1,0 +1,261 @@
+/*
+ * LogStore/StableStore wrapper injecting disk faults.
+ *
+ * A write (store_logs, delete_range, set, set_uint64) may be slow (an fsync
+ * stall: the call sleeps before returning) or fail with CRAFT_EIO, either
+ * before reaching the inner store or after it (the bytes are there but the
+ * caller was told they are not: durability unknown). After a failure the
+ * pair refuses every call, reads included, with CRAFT_EIO until it is
+ * reopened (craft_fuzzy_store_free + a new wrapper over reopened stores),
+ * which is what the sqlite store does after an I/O error: the node has to
+ * step down or refuse, and must never have acknowledged what it could not
+ * store. freeze() models a crash: every later write is lost.
+ *
+ * The wrappers' own `close` members do nothing; craft_fuzzy_store_free
+ * closes the inner stores.
+ */
+#include "craft/fuzzy.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "util.h"
+
+struct craft_fuzzy_store {
+    craft_log_store_t log;
+    craft_stable_store_t stable;
+    craft_log_store_t *ilog;
+    craft_stable_store_t *istable;
+    pthread_mutex_t mu;
+    fz_rng_t rng;
+    craft_fuzzy_disk_faults_t f;
+    bool failed;
+    uint64_t faults;
+};
+
+typedef enum { W_OK, W_FAIL_BEFORE, W_FAIL_AFTER } wfate_t;
+
+static bool is_failed(craft_fuzzy_store_t *s)
+{
+    pthread_mutex_lock(&s->mu);
+    bool f = s->failed;
+    pthread_mutex_unlock(&s->mu);
+    return f;
+}
+
+/* Decides a write's fate; CRAFT_EIO when the store already failed. */
+static int before_write(craft_fuzzy_store_t *s, wfate_t *fate)
+{
+    pthread_mutex_lock(&s->mu);
+    if (s->failed) {
+        pthread_mutex_unlock(&s->mu);
+        return CRAFT_EIO;
+    }
+    bool fail = fz_rng_chance(&s->rng, s->f.fail);
+    bool after = fz_rng_chance(&s->rng, 0.5);
+    bool slow = fz_rng_chance(&s->rng, s->f.slow);
+    int64_t slow_us = fz_rng_range(&s->rng, s->f.slow_us / 4, s->f.slow_us);
+    *fate = fail ? (after ? W_FAIL_AFTER : W_FAIL_BEFORE) : W_OK;
+    if (fail) {
+        s->failed = true; /* sticky, from this instant on */
+        s->faults++;
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (slow) {
+        fz_sleep_us(slow_us);
+    }
+    return 0;
+}
+
+static int after_write(wfate_t fate, int rv)
+{
+    return fate == W_OK ? rv : CRAFT_EIO;
+}
+
+#define WRITE_CALL(s, call)                                                                     \
+    do {                                                                                        \
+        wfate_t fate_;                                                                          \
+        int rv_ = before_write((s), &fate_);                                                    \
+        if (rv_ != 0) {                                                                         \
+            return rv_;                                                                         \
+        }                                                                                       \
+        if (fate_ == W_FAIL_BEFORE) {                                                           \
+            return CRAFT_EIO;                                                                   \
+        }                                                                                       \
+        rv_ = (call);                                                                           \
+        return after_write(fate_, rv_);                                                         \
+    } while (0)
+
+static int l_first(void *ctx, uint64_t *index)
+{
+    craft_fuzzy_store_t *s = ctx;
+    if (is_failed(s)) {
+        return CRAFT_EIO;
+    }
+    return s->ilog->first_index(s->ilog->ctx, index);
+}
+
+static int l_last(void *ctx, uint64_t *index)
+{
+    craft_fuzzy_store_t *s = ctx;
+    if (is_failed(s)) {
+        return CRAFT_EIO;
+    }
+    return s->ilog->last_index(s->ilog->ctx, index);
+}
+
+static int l_get(void *ctx, uint64_t index, craft_log_t *out)
+{
+    craft_fuzzy_store_t *s = ctx;
+    if (is_failed(s)) {
+        return CRAFT_EIO;
+    }
+    return s->ilog->get_log(s->ilog->ctx, index, out);
+}
+
+static int l_store(void *ctx, const craft_log_t *logs, size_t n)
+{
+    craft_fuzzy_store_t *s = ctx;
+    WRITE_CALL(s, s->ilog->store_logs(s->ilog->ctx, logs, n));
+}
+
+static int l_delete(void *ctx, uint64_t min, uint64_t max)
+{
+    craft_fuzzy_store_t *s = ctx;
+    WRITE_CALL(s, s->ilog->delete_range(s->ilog->ctx, min, max));
+}
+
+static int l_stage(void *ctx, uint64_t index)
+{
+    craft_fuzzy_store_t *s = ctx;
+    if (is_failed(s)) {
+        return CRAFT_EIO;
+    }
+    return s->ilog->stage_commit_index(s->ilog->ctx, index);
+}
+
+static int l_get_commit(void *ctx, uint64_t *index)
+{
+    craft_fuzzy_store_t *s = ctx;
+    if (is_failed(s)) {
+        return CRAFT_EIO;
+    }
+    return s->ilog->get_commit_index(s->ilog->ctx, index);
+}
+
+static void noop_close(void *ctx)
+{
+    (void)ctx;
+}
+
+static int st_set(void *ctx, const char *key, const void *val, size_t len)
+{
+    craft_fuzzy_store_t *s = ctx;
+    WRITE_CALL(s, s->istable->set(s->istable->ctx, key, val, len));
+}
+
+static int st_get(void *ctx, const char *key, void **val, size_t *len)
+{
+    craft_fuzzy_store_t *s = ctx;
+    if (is_failed(s)) {
+        return CRAFT_EIO;
+    }
+    return s->istable->get(s->istable->ctx, key, val, len);
+}
+
+static int st_set_u64(void *ctx, const char *key, uint64_t val)
+{
+    craft_fuzzy_store_t *s = ctx;
+    WRITE_CALL(s, s->istable->set_uint64(s->istable->ctx, key, val));
+}
+
+static int st_get_u64(void *ctx, const char *key, uint64_t *val)
+{
+    craft_fuzzy_store_t *s = ctx;
+    if (is_failed(s)) {
+        return CRAFT_EIO;
+    }
+    return s->istable->get_uint64(s->istable->ctx, key, val);
+}
+
+int craft_fuzzy_store_new(craft_log_store_t *inner_log, craft_stable_store_t *inner_stable,
+                          uint64_t seed, craft_fuzzy_store_t **out, craft_log_store_t **log,
+                          craft_stable_store_t **stable)
+{
+    if (inner_log == NULL || inner_stable == NULL || out == NULL || log == NULL ||
+        stable == NULL) {
+        return CRAFT_EINVAL;
+    }
+    craft_fuzzy_store_t *s = calloc(1, sizeof *s);
+    if (s == NULL) {
+        return CRAFT_ENOMEM;
+    }
+    pthread_mutex_init(&s->mu, NULL);
+    fz_rng_seed(&s->rng, seed, 0x5707e);
+    s->ilog = inner_log;
+    s->istable = inner_stable;
+    s->log.ctx = s;
+    s->log.first_index = l_first;
+    s->log.last_index = l_last;
+    s->log.get_log = l_get;
+    s->log.store_logs = l_store;
+    s->log.delete_range = l_delete;
+    if (inner_log->stage_commit_index != NULL && inner_log->get_commit_index != NULL) {
+        s->log.stage_commit_index = l_stage;
+        s->log.get_commit_index = l_get_commit;
+    }
+    s->log.close = noop_close;
+    s->stable.ctx = s;
+    s->stable.set = st_set;
+    s->stable.get = st_get;
+    s->stable.set_uint64 = st_set_u64;
+    s->stable.get_uint64 = st_get_u64;
+    s->stable.close = noop_close;
+    *out = s;
+    *log = &s->log;
+    *stable = &s->stable;
+    return 0;
+}
+
+void craft_fuzzy_store_set_faults(craft_fuzzy_store_t *s, const craft_fuzzy_disk_faults_t *f)
+{
+    pthread_mutex_lock(&s->mu);
+    if (f != NULL) {
+        s->f = *f;
+    } else {
+        memset(&s->f, 0, sizeof s->f);
+    }
+    pthread_mutex_unlock(&s->mu);
+}
+
+void craft_fuzzy_store_freeze(craft_fuzzy_store_t *s)
+{
+    pthread_mutex_lock(&s->mu);
+    s->failed = true;
+    pthread_mutex_unlock(&s->mu);
+}
+
+bool craft_fuzzy_store_failed(craft_fuzzy_store_t *s)
+{
+    return is_failed(s);
+}
+
+uint64_t craft_fuzzy_store_faults(craft_fuzzy_store_t *s)
+{
+    pthread_mutex_lock(&s->mu);
+    uint64_t n = s->faults;
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}
+
+void craft_fuzzy_store_free(craft_fuzzy_store_t *s)
+{
+    if (s == NULL) {
+        return;
+    }
+    s->ilog->close(s->ilog->ctx);
+    s->istable->close(s->istable->ctx);
+    pthread_mutex_destroy(&s->mu);
+    free(s);
+}

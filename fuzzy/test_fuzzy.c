@@ -1,0 +1,366 @@
+/*
+ * Tests of the harness's own parts: the linearizability checker on
+ * hand-written histories, the election-safety recorder of the network, the
+ * wire round trip through it, and the disk-fault store wrapper.
+ */
+#include <check.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "craft/fuzzy.h"
+#include "craft/inmem.h"
+
+/* ---- linearizability ---- */
+
+static void add(craft_fuzzy_history_t *h, unsigned key, craft_fuzzy_op_kind_t kind, uint64_t value,
+                uint64_t expect, uint64_t call, uint64_t ret, craft_fuzzy_outcome_t outcome,
+                bool cas_ok, uint64_t read)
+{
+    if (h->n == h->cap) {
+        h->cap = h->cap ? h->cap * 2 : 16;
+        h->ops = realloc(h->ops, h->cap * sizeof *h->ops);
+    }
+    craft_fuzzy_op_t *o = &h->ops[h->n];
+    memset(o, 0, sizeof *o);
+    o->client = 0;
+    o->opid = h->n + 1;
+    o->key = key;
+    o->kind = kind;
+    o->value = value;
+    o->expect = expect;
+    o->call = call;
+    o->ret = ret;
+    o->outcome = outcome;
+    o->cas_ok = cas_ok;
+    o->read = read;
+    h->n++;
+}
+
+#define PUT(h, k, v, c, r) add(h, k, CRAFT_FUZZY_OP_PUT, v, 0, c, r, CRAFT_FUZZY_OK, false, 0)
+#define GET(h, k, v, c, r) add(h, k, CRAFT_FUZZY_OP_GET, 0, 0, c, r, CRAFT_FUZZY_OK, false, v)
+#define CAS(h, k, o, n, ok, c, r) add(h, k, CRAFT_FUZZY_OP_CAS, n, o, c, r, CRAFT_FUZZY_OK, ok, 0)
+#define INF UINT64_MAX
+
+static craft_fuzzy_lin_result_t check(craft_fuzzy_history_t *h)
+{
+    craft_fuzzy_report_t rep;
+    memset(&rep, 0, sizeof rep);
+    craft_fuzzy_lin_result_t r = craft_fuzzy_check_linearizable(h, 5000, &rep);
+    craft_fuzzy_report_free(&rep);
+    craft_fuzzy_history_free(h);
+    return r;
+}
+
+START_TEST(test_sequential_ok)
+{
+    craft_fuzzy_history_t h = {0};
+    PUT(&h, 0, 1, 1, 2);
+    GET(&h, 0, 1, 3, 4);
+    CAS(&h, 0, 1, 2, true, 5, 6);
+    CAS(&h, 0, 1, 3, false, 7, 8);
+    GET(&h, 0, 2, 9, 10);
+    ck_assert_int_eq(check(&h), CRAFT_FUZZY_LINEARIZABLE);
+}
+END_TEST
+
+START_TEST(test_stale_read)
+{
+    craft_fuzzy_history_t h = {0};
+    PUT(&h, 0, 1, 1, 2);
+    GET(&h, 0, 0, 3, 4); /* the write completed before the read began */
+    ck_assert_int_eq(check(&h), CRAFT_FUZZY_NOT_LINEARIZABLE);
+}
+END_TEST
+
+START_TEST(test_concurrent_read_either)
+{
+    craft_fuzzy_history_t h = {0};
+    PUT(&h, 0, 1, 1, 10);
+    GET(&h, 0, 0, 2, 3);
+    GET(&h, 0, 1, 4, 5);
+    ck_assert_int_eq(check(&h), CRAFT_FUZZY_LINEARIZABLE);
+}
+END_TEST
+
+START_TEST(test_read_goes_back)
+{
+    craft_fuzzy_history_t h = {0};
+    PUT(&h, 0, 1, 1, 10);
+    GET(&h, 0, 1, 2, 3);
+    GET(&h, 0, 0, 4, 5); /* saw 1 then 0 with no write of 0 */
+    ck_assert_int_eq(check(&h), CRAFT_FUZZY_NOT_LINEARIZABLE);
+}
+END_TEST
+
+START_TEST(test_cas_lies)
+{
+    craft_fuzzy_history_t h = {0};
+    CAS(&h, 0, 0, 5, true, 1, 2);
+    CAS(&h, 0, 0, 6, true, 3, 4); /* cannot succeed: the value is 5 */
+    ck_assert_int_eq(check(&h), CRAFT_FUZZY_NOT_LINEARIZABLE);
+}
+END_TEST
+
+START_TEST(test_unknown_may_apply)
+{
+    craft_fuzzy_history_t h = {0};
+    add(&h, 0, CRAFT_FUZZY_OP_PUT, 7, 0, 1, INF, CRAFT_FUZZY_UNKNOWN, false, 0);
+    GET(&h, 0, 0, 2, 3);
+    GET(&h, 0, 7, 4, 5);
+    ck_assert_int_eq(check(&h), CRAFT_FUZZY_LINEARIZABLE);
+}
+END_TEST
+
+START_TEST(test_unknown_may_not_apply)
+{
+    craft_fuzzy_history_t h = {0};
+    add(&h, 0, CRAFT_FUZZY_OP_PUT, 7, 0, 1, INF, CRAFT_FUZZY_UNKNOWN, false, 0);
+    PUT(&h, 0, 2, 5, 6);
+    GET(&h, 0, 2, 7, 8);
+    ck_assert_int_eq(check(&h), CRAFT_FUZZY_LINEARIZABLE);
+}
+END_TEST
+
+START_TEST(test_unknown_cannot_undo)
+{
+    craft_fuzzy_history_t h = {0};
+    add(&h, 0, CRAFT_FUZZY_OP_PUT, 7, 0, 1, INF, CRAFT_FUZZY_UNKNOWN, false, 0);
+    GET(&h, 0, 7, 2, 3);
+    GET(&h, 0, 0, 4, 5);
+    ck_assert_int_eq(check(&h), CRAFT_FUZZY_NOT_LINEARIZABLE);
+}
+END_TEST
+
+START_TEST(test_failed_ignored)
+{
+    craft_fuzzy_history_t h = {0};
+    add(&h, 0, CRAFT_FUZZY_OP_PUT, 9, 0, 1, 2, CRAFT_FUZZY_FAILED, false, 0);
+    GET(&h, 0, 0, 3, 4);
+    ck_assert_int_eq(check(&h), CRAFT_FUZZY_LINEARIZABLE);
+}
+END_TEST
+
+START_TEST(test_keys_independent)
+{
+    craft_fuzzy_history_t h = {0};
+    PUT(&h, 0, 1, 1, 2);
+    PUT(&h, 1, 2, 3, 4);
+    GET(&h, 1, 2, 5, 6);
+    GET(&h, 0, 1, 7, 8);
+    GET(&h, 2, 0, 9, 10);
+    ck_assert_int_eq(check(&h), CRAFT_FUZZY_LINEARIZABLE);
+    craft_fuzzy_history_t h2 = {0};
+    PUT(&h2, 0, 1, 1, 2);
+    GET(&h2, 1, 1, 3, 4); /* key 1 was never written */
+    ck_assert_int_eq(check(&h2), CRAFT_FUZZY_NOT_LINEARIZABLE);
+}
+END_TEST
+
+START_TEST(test_time_bound)
+{
+    /* 120 concurrent writes of distinct values and a concurrent read of a
+     * value nobody wrote: refuting it needs every subset of the writes. */
+    craft_fuzzy_history_t h = {0};
+    for (unsigned i = 0; i < 120; i++) {
+        add(&h, 0, CRAFT_FUZZY_OP_PUT, 100 + i, 0, 1 + i, INF, CRAFT_FUZZY_UNKNOWN, false, 0);
+    }
+    GET(&h, 0, 99, 500, 501);
+    craft_fuzzy_report_t rep;
+    memset(&rep, 0, sizeof rep);
+    craft_fuzzy_lin_result_t r = craft_fuzzy_check_linearizable(&h, 200, &rep);
+    ck_assert_int_eq(r, CRAFT_FUZZY_LIN_UNKNOWN);
+    craft_fuzzy_report_free(&rep);
+    craft_fuzzy_history_free(&h);
+}
+END_TEST
+
+/* ---- network: wire round trip and election safety ---- */
+
+typedef struct echo {
+    int calls;
+} echo_t;
+
+static void echo_handler(void *arg, craft_rpc_t *rpc)
+{
+    echo_t *e = arg;
+    e->calls++;
+    if (rpc->type == CRAFT_RPC_APPEND_ENTRIES) {
+        craft_append_entries_resp_t *resp = &rpc->resp.append_entries;
+        resp->header.id = "b";
+        resp->header.addr = "b";
+        resp->term = rpc->req.append_entries.term;
+        resp->last_log = rpc->req.append_entries.n_entries > 0
+                             ? rpc->req.append_entries.entries[rpc->req.append_entries.n_entries - 1].index
+                             : 0;
+        resp->success = rpc->req.append_entries.n_entries == 1 &&
+                        rpc->req.append_entries.entries[0].len == 5 &&
+                        memcmp(rpc->req.append_entries.entries[0].data, "hello", 5) == 0;
+    }
+    rpc->respond(rpc, 0);
+}
+
+static int send_ae(craft_transport_t *from, const char *id, uint64_t term,
+                   craft_append_entries_resp_t *resp)
+{
+    craft_log_t e = {.index = 7, .term = term, .type = CRAFT_LOG_COMMAND, .data = "hello", .len = 5};
+    craft_append_entries_req_t req = {
+        .header = {.protocol_version = 3, .id = id, .addr = id},
+        .term = term,
+        .leader = id,
+        .prev_log_entry = 6,
+        .prev_log_term = term,
+        .entries = &e,
+        .n_entries = 1,
+    };
+    return from->append_entries(from->ctx, "b", "b", &req, resp);
+}
+
+START_TEST(test_net_round_trip_and_election_safety)
+{
+    craft_fuzzy_net_t *net;
+    ck_assert_int_eq(craft_fuzzy_net_new(1, 1000, &net), 0);
+    craft_transport_t *a, *b, *c;
+    ck_assert_int_eq(craft_fuzzy_net_transport(net, "a", &a), 0);
+    ck_assert_int_eq(craft_fuzzy_net_transport(net, "b", &b), 0);
+    ck_assert_int_eq(craft_fuzzy_net_transport(net, "c", &c), 0);
+    echo_t echo = {0};
+    b->set_rpc_handler(b->ctx, echo_handler, &echo);
+
+    craft_append_entries_resp_t resp;
+    memset(&resp, 0, sizeof resp);
+    ck_assert_int_eq(send_ae(a, "a", 5, &resp), 0);
+    ck_assert(resp.success);
+    ck_assert_uint_eq(resp.last_log, 7);
+    ck_assert_str_eq(resp.header.id, "b");
+    ck_assert_uint_eq(craft_fuzzy_net_check_election_safety(net, NULL), 0);
+
+    /* A one-way cut: a cannot reach b. */
+    craft_fuzzy_net_set_link(net, "a", "b", false);
+    ck_assert_int_eq(send_ae(a, "a", 5, &resp), CRAFT_EUNREACHABLE);
+    craft_fuzzy_net_heal(net);
+
+    /* A second sender of AppendEntries in term 5 is a second leader. */
+    ck_assert_int_eq(send_ae(c, "c", 5, &resp), 0);
+    craft_fuzzy_report_t rep;
+    memset(&rep, 0, sizeof rep);
+    ck_assert_uint_eq(craft_fuzzy_net_check_election_safety(net, &rep), 1);
+    ck_assert_ptr_nonnull(strstr(rep.text, "two leaders in term 5"));
+    craft_fuzzy_report_free(&rep);
+    /* A new term by someone else is fine. */
+    ck_assert_int_eq(send_ae(c, "c", 6, &resp), 0);
+    ck_assert_uint_eq(craft_fuzzy_net_check_election_safety(net, NULL), 1);
+
+    craft_fuzzy_net_stats_t st;
+    craft_fuzzy_net_stats(net, &st);
+    ck_assert_uint_eq(st.codec_errors, 0);
+    ck_assert_uint_eq(st.delivered, 3);
+    ck_assert_int_eq(echo.calls, 3);
+    a->close(a->ctx);
+    b->close(b->ctx);
+    c->close(c->ctx);
+    craft_fuzzy_net_free(net);
+}
+END_TEST
+
+/* ---- disk faults ---- */
+
+START_TEST(test_store_freeze_and_faults)
+{
+    craft_log_store_t *ilog, *log;
+    craft_stable_store_t *istable, *stable;
+    ck_assert_int_eq(craft_inmem_store_new(&ilog, &istable), 0);
+    craft_fuzzy_store_t *s;
+    ck_assert_int_eq(craft_fuzzy_store_new(ilog, istable, 7, &s, &log, &stable), 0);
+    craft_log_t e = {.index = 1, .term = 1, .type = CRAFT_LOG_COMMAND, .data = "x", .len = 1};
+    ck_assert_int_eq(log->store_logs(log->ctx, &e, 1), 0);
+    craft_fuzzy_store_freeze(s);
+    e.index = 2;
+    ck_assert_int_eq(log->store_logs(log->ctx, &e, 1), CRAFT_EIO);
+    ck_assert_int_eq(stable->set_uint64(stable->ctx, "CurrentTerm", 3), CRAFT_EIO);
+    uint64_t last = 0;
+    ck_assert_int_eq(log->last_index(log->ctx, &last), CRAFT_EIO);
+    /* Nothing reached the inner store after the freeze. */
+    ck_assert_int_eq(ilog->last_index(ilog->ctx, &last), 0);
+    ck_assert_uint_eq(last, 1);
+    ck_assert(craft_fuzzy_store_failed(s));
+    craft_fuzzy_store_free(s);
+
+    /* With fail = 1 the first write fails and the store stays failed. */
+    ck_assert_int_eq(craft_inmem_store_new(&ilog, &istable), 0);
+    ck_assert_int_eq(craft_fuzzy_store_new(ilog, istable, 7, &s, &log, &stable), 0);
+    craft_fuzzy_disk_faults_t f = {.fail = 1.0};
+    craft_fuzzy_store_set_faults(s, &f);
+    ck_assert_int_eq(stable->set_uint64(stable->ctx, "CurrentTerm", 3), CRAFT_EIO);
+    craft_fuzzy_store_set_faults(s, NULL);
+    ck_assert_int_eq(stable->set_uint64(stable->ctx, "CurrentTerm", 4), CRAFT_EIO);
+    ck_assert_uint_eq(craft_fuzzy_store_faults(s), 1);
+    craft_fuzzy_store_free(s);
+}
+END_TEST
+
+/* ---- a small cluster end to end ---- */
+
+START_TEST(test_cluster_crash_restart_verifies)
+{
+    craft_fuzzy_options_t o;
+    craft_fuzzy_options_default(&o);
+    o.nodes = 3;
+    o.seed = 11;
+    craft_fuzzy_cluster_t *c;
+    ck_assert_int_eq(craft_fuzzy_cluster_new(&o, &c), 0);
+    int64_t t = 20000;
+    uint64_t idx = 0;
+    ck_assert_int_eq(craft_fuzzy_cluster_apply(c, "put 1 5 c0.1", 12, t, &idx), 0);
+    int l = craft_fuzzy_cluster_leader(c, t);
+    ck_assert_int_ge(l, 0);
+    ck_assert_int_eq(craft_fuzzy_cluster_crash(c, (size_t)l), 0);
+    ck_assert_int_eq(craft_fuzzy_cluster_apply(c, "put 1 6 c0.2", 12, t, &idx), 0);
+    ck_assert_int_eq(craft_fuzzy_cluster_restart(c, (size_t)l), 0);
+    craft_fuzzy_report_t rep;
+    memset(&rep, 0, sizeof rep);
+    ck_assert_int_eq(craft_fuzzy_cluster_converge(c, t, &rep), 0);
+    ck_assert_uint_eq(craft_fuzzy_cluster_verify(c, &rep), 0);
+    char *data = NULL;
+    void *resp = NULL;
+    ck_assert(craft_fuzzy_cluster_applied(c, idx, &data, NULL, &resp));
+    ck_assert_str_eq(data, "put 1 6 c0.2");
+    ck_assert_uint_eq(craft_fuzzy_kv_response_value(resp), 6);
+    free(data);
+    craft_fuzzy_report_free(&rep);
+    craft_fuzzy_cluster_free(c);
+}
+END_TEST
+
+static Suite *suite(void)
+{
+    Suite *s = suite_create("fuzzy");
+    TCase *tc = tcase_create("lincheck");
+    tcase_add_test(tc, test_sequential_ok);
+    tcase_add_test(tc, test_stale_read);
+    tcase_add_test(tc, test_concurrent_read_either);
+    tcase_add_test(tc, test_read_goes_back);
+    tcase_add_test(tc, test_cas_lies);
+    tcase_add_test(tc, test_unknown_may_apply);
+    tcase_add_test(tc, test_unknown_may_not_apply);
+    tcase_add_test(tc, test_unknown_cannot_undo);
+    tcase_add_test(tc, test_failed_ignored);
+    tcase_add_test(tc, test_keys_independent);
+    tcase_add_test(tc, test_time_bound);
+    suite_add_tcase(s, tc);
+    TCase *parts = tcase_create("parts");
+    tcase_add_test(parts, test_net_round_trip_and_election_safety);
+    tcase_add_test(parts, test_store_freeze_and_faults);
+    tcase_add_test(parts, test_cluster_crash_restart_verifies);
+    tcase_set_timeout(parts, 120);
+    suite_add_tcase(s, parts);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
