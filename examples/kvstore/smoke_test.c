@@ -3,8 +3,10 @@
  * dirs, free ports), writes and reads through the HTTP API (through the
  * leader and through followers' redirects), compare-and-set, delete, kills
  * the leader with SIGKILL, reads everything back from the new leader,
- * restarts the killed node and waits for it to catch up, then stops every
- * node with SIGTERM and expects a clean exit.
+ * restarts the killed node and waits for it to catch up, adds a fourth
+ * node with --join (sent to a follower, which redirects it) and removes it
+ * again with /leave, then stops every node with SIGTERM and expects a
+ * clean exit.
  *
  * usage: craftkv-smoke PATH_TO_CRAFTKV
  *
@@ -28,7 +30,8 @@
 
 #include "http_client.h"
 
-#define N 3
+#define N 3     /* bootstrapped nodes */
+#define ALL (N + 1) /* plus one joining later */
 #define DEADLINE_S 90 /* per condition: generous, sanitizer builds are slow */
 #define KEYS 20
 
@@ -38,13 +41,14 @@ typedef struct node {
     char http[32];
     char dir[512];
     char log[512];
+    char join[32]; /* --join target, empty: --bootstrap */
     pid_t pid;
 } node_t;
 
 static const char *craftkv;
 static char base[256];
 static char bootstrap_list[256];
-static node_t nodes[N];
+static node_t nodes[ALL];
 
 static double now_s(void)
 {
@@ -85,7 +89,7 @@ static void fmt(char *buf, size_t size, const char *f, ...)
 
 static void dump_logs(void)
 {
-    for (int i = 0; i < N; i++) {
+    for (int i = 0; i < ALL; i++) {
         char cmd[1024];
         printf("----- %s (%s), last lines -----\n", nodes[i].id, nodes[i].log);
         fflush(stdout);
@@ -98,7 +102,7 @@ static void dump_logs(void)
 
 static void kill_all(void)
 {
-    for (int i = 0; i < N; i++) {
+    for (int i = 0; i < ALL; i++) {
         if (nodes[i].pid > 0) {
             kill(nodes[i].pid, SIGKILL);
             waitpid(nodes[i].pid, NULL, 0);
@@ -124,7 +128,7 @@ static void fail(const char *fmt, ...)
 /* Free loopback ports: all bound at once so they differ, then released. */
 static void pick_ports(int *ports, int n)
 {
-    int fds[2 * N];
+    int fds[2 * ALL];
     for (int i = 0; i < n; i++) {
         struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
         socklen_t len = sizeof a;
@@ -154,7 +158,8 @@ static void start_node(node_t *n)
             close(fd);
         }
         execl(craftkv, craftkv, "--id", n->id, "--raft", n->raft, "--http", n->http, "--dir",
-              n->dir, "--bootstrap", bootstrap_list, (char *)NULL);
+              n->dir, n->join[0] != '\0' ? "--join" : "--bootstrap",
+              n->join[0] != '\0' ? n->join : bootstrap_list, (char *)NULL);
         fprintf(stderr, "exec %s: %s\n", craftkv, strerror(errno));
         _exit(127);
     }
@@ -178,7 +183,7 @@ static int wait_leader(void)
 {
     double end = now_s() + DEADLINE_S;
     while (now_s() < end) {
-        for (int i = 0; i < N; i++) {
+        for (int i = 0; i < ALL; i++) {
             if (is_leader(i)) {
                 return i;
             }
@@ -250,6 +255,28 @@ static void wait_stale_value(int i, const char *key, const char *want)
     fail("%s never applied %s=%s", nodes[i].id, key, want);
 }
 
+/* Waits until node i's /status lists `n` servers. */
+static void wait_members(int i, int n)
+{
+    double end = now_s() + DEADLINE_S;
+    int got = -1;
+    while (now_s() < end) {
+        kvc_response_t r;
+        if (kvc_request(nodes[i].http, "GET", "/status", NULL, 0, 5000, &r, NULL, 0) == 0) {
+            got = 0;
+            for (const char *p = r.body; (p = strstr(p, "\"suffrage\"")) != NULL; p++) {
+                got++;
+            }
+            kvc_response_free(&r);
+            if (got == n) {
+                return;
+            }
+        }
+        sleep_ms(100);
+    }
+    fail("%s lists %d servers, want %d", nodes[i].id, got, n);
+}
+
 static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
 {
     (void)st;
@@ -272,16 +299,19 @@ int main(int argc, char **argv)
         fprintf(stderr, "mkdtemp: %s\n", strerror(errno));
         return 1;
     }
-    int ports[2 * N];
-    pick_ports(ports, 2 * N);
+    int ports[2 * ALL];
+    pick_ports(ports, 2 * ALL);
     bootstrap_list[0] = '\0';
-    for (int i = 0; i < N; i++) {
+    for (int i = 0; i < ALL; i++) {
         node_t *n = &nodes[i];
         fmt(n->id, sizeof n->id, "n%d", i + 1);
         fmt(n->raft, sizeof n->raft, "127.0.0.1:%d", ports[2 * i]);
         fmt(n->http, sizeof n->http, "127.0.0.1:%d", ports[2 * i + 1]);
         fmt(n->dir, sizeof n->dir, "%s/%s", base, n->id);
         fmt(n->log, sizeof n->log, "%s/%s.log", base, n->id);
+        if (i >= N) {
+            continue;
+        }
         /* Plain ID=RAFT: followers learn the leader's HTTP address from
          * the replicated state (the leader records it when elected). */
         size_t used = strlen(bootstrap_list);
@@ -353,11 +383,26 @@ int main(int argc, char **argv)
     wait_stale_value(old, "key-0", "swapped");
     step("%s caught up", nodes[old].id);
 
+    int joiner = N;
+    int via = (leader + 1) % N;
+    fmt(nodes[joiner].join, sizeof nodes[joiner].join, "%s", nodes[via].http);
+    step("starting %s with --join %s (a follower: it redirects to the leader)",
+         nodes[joiner].id, nodes[via].id);
+    start_node(&nodes[joiner]);
+    wait_stale_value(joiner, "after-failover", "still here");
+    wait_members(leader, 4);
+    step("%s joined and replicated the data", nodes[joiner].id);
+    char leave[64];
+    fmt(leave, sizeof leave, "/leave?id=%s", nodes[joiner].id);
+    request_until(via, "POST", leave, NULL, 200, NULL);
+    wait_members(leader, 3);
+    step("%s removed with /leave", nodes[joiner].id);
+
     step("stopping every node (SIGTERM)");
-    for (int i = 0; i < N; i++) {
+    for (int i = 0; i < ALL; i++) {
         kill(nodes[i].pid, SIGTERM);
     }
-    for (int i = 0; i < N; i++) {
+    for (int i = 0; i < ALL; i++) {
         int status = 0;
         double end = now_s() + DEADLINE_S;
         pid_t got = 0;
