@@ -466,6 +466,9 @@ int main(int argc, char **argv)
     craft_tcp_options_default(&to);
     to.logger = log_line;
     to.log_level = opt.log_level;
+    /* A full AppendEntries batch of the largest values (see MAX_BODY in
+     * kv_http.c) must fit in one frame. */
+    to.max_frame_bytes = (size_t)128 << 20;
     if ((rv = craft_tcp_transport_new(opt.raft, opt.raft, &to, &trans)) != 0) {
         logf_(CRAFT_LEVEL_ERROR, "cannot start the transport on %s: %s", opt.raft,
               craft_strerror(rv));
