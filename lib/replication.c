@@ -13,6 +13,10 @@
 
 enum { SEND_OK, SEND_RETRY, SEND_STOP };
 
+/* Most payload bytes in one AppendEntries (hashicorp bounds only the count;
+ * the TCP transport refuses frames over 64 MiB by default). */
+#define CRAFT__MAX_BATCH_BYTES ((size_t)8 << 20)
+
 typedef struct pipe_tag {
     uint64_t last;    /* last index carried by the request */
     int64_t sent_ns;
@@ -114,6 +118,18 @@ static int build_request(craft__repl_t *p, uint64_t next, uint64_t last,
             }
         }
     }
+    /* Bound the request in bytes too (at least one entry), so a batch of
+     * large commands stays under transports' frame limits. */
+    size_t bytes = 0, keep = n;
+    for (size_t i = 0; i < n; i++) {
+        bytes += ents[i]->log.len + ents[i]->log.ext_len;
+        if (i > 0 && bytes > CRAFT__MAX_BATCH_BYTES) {
+            keep = i;
+            break;
+        }
+    }
+    release_entries(ents + keep, n - keep);
+    n = keep;
     for (size_t i = 0; i < n; i++) {
         logs[i] = ents[i]->log;
     }

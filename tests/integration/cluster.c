@@ -249,6 +249,9 @@ static void open_transport(tc_cluster_t *c, size_t i)
         craft_tcp_options_default(&o);
         o.timeout_ms = 2000;
         o.log_level = CRAFT_LEVEL_ERROR;
+        /* Small enough that unbounded batches of large entries would be
+         * refused (test_large_entries). */
+        o.max_frame_bytes = (size_t)16 << 20;
         ck_assert_int_eq(craft_tcp_transport_new("127.0.0.1:0", NULL, &o, &nd->trans), 0);
         snprintf(nd->addr, sizeof nd->addr, "%s", nd->trans->local_addr(nd->trans->ctx));
     } else {
