@@ -18,7 +18,8 @@
  * (build_gonode.sh), GONODE_SRC, GONODE_BIN. The Go node is built before
  * the suite runs; without Go the suite fails and says why.
  * CRAFT_INTEROP_KEEP=1 keeps every scenario's data and logs (a failing one's
- * are always kept).
+ * are always kept); CRAFT_INTEROP_LOG_LEVEL=0..5 sets the craft nodes' log
+ * level (default 2, INFO).
  */
 #include <check.h>
 #include <errno.h>
@@ -261,7 +262,12 @@ static void spawn(node_t *n, const char *bind)
     const char *argv[] = {bin, "--id", n->id, "--dir", n->dir, "--bind", bind,
                           "--heartbeat", hb, "--election", el, "--lease", lease,
                           "--commit", commit, "--trailing-logs", trailing,
-                          "--snapshot-threshold", threshold, NULL};
+                          "--snapshot-threshold", threshold, NULL, NULL, NULL};
+    const char *level = getenv("CRAFT_INTEROP_LOG_LEVEL");
+    if (n->lang == CRAFT && level != NULL) {
+        argv[19] = "--log-level";
+        argv[20] = level;
+    }
     FILE *lf = fopen(n->log, "a");
     ck_assert_ptr_nonnull(lf);
     fprintf(lf, "==== %s start %s --bind %s ====\n", n->id, lang_name(n->lang), bind);
@@ -745,7 +751,13 @@ static void snapshot_catch_up(lang_t leader_lang, lang_t lagging_lang)
 
     restart_node(lag);
     wait_converged(60000);
-    stats_t s = stats(lag);
+    /* The FSM restore comes before the node records the snapshot as its
+     * own, so wait for both. */
+    int64_t deadline = now_ms() + 10000 * scale;
+    stats_t s;
+    while ((s = stats(lag)).snapshot_index < ls.snapshot_index && now_ms() < deadline) {
+        tu_sleep_ms(20);
+    }
     REQUIRE(s.restores >= 1 && s.snapshot_index >= ls.snapshot_index,
             "%s (%s) caught up without InstallSnapshot: restores=%u snapshot_index=%" PRIu64
             " (leader's snapshot at %" PRIu64 ")",
