@@ -30,5 +30,5 @@ case "$out" in /*) abs=$out ;; *) abs=$(pwd)/$out ;; esac
 cache=$(dirname "$abs")/gocache
 cd "$tmp/src/craftinterop/gonode"
 GO111MODULE=off GOPATH="$tmp:$gocode" GOCACHE="$cache" GOPROXY=off GOFLAGS= \
-    go build -o "$abs.tmp" .
-mv "$abs.tmp" "$abs"
+    go build -o "$abs.tmp.$$" .
+mv "$abs.tmp.$$" "$abs"
