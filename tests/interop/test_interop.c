@@ -54,6 +54,7 @@ typedef struct node_opts {
 
 typedef struct node {
     bool used, alive;
+    bool member; /* bootstrapped with, or added to, the configuration */
     lang_t lang;
     char id[32];
     char addr[64];
@@ -394,6 +395,9 @@ static void bootstrap(node_t *n, node_t **members, size_t k)
     }
     const char *r = cmd(n, "bootstrap %s", spec);
     REQUIRE(strcmp(r, "ok") == 0, "%s bootstrap: %s", n->id, r);
+    for (size_t i = 0; i < k; i++) {
+        members[i]->member = true;
+    }
 }
 
 static void start(node_t *n)
@@ -429,6 +433,7 @@ static node_t *add_voter(node_t *leader, node_t *n)
     for (int attempt = 1;; attempt++) {
         const char *r = cmd(leader, "addvoter %s %s", n->id, n->addr);
         if (starts_with(r, "ok ")) {
+            n->member = true;
             return leader;
         }
         REQUIRE(lost_leadership(r) && attempt < 5, "%s (%s): addvoter %s (%s): %s", leader->id,
@@ -439,8 +444,9 @@ static node_t *add_voter(node_t *leader, node_t *n)
     }
 }
 
-/* The leader every live node agrees on: exactly one says Leader and every
- * other live node names its address. Fails after `timeout_ms` (scaled). */
+/* The leader every live member agrees on: exactly one node says Leader and
+ * every other live member names its address (a node not yet added knows no
+ * leader). Fails after `timeout_ms` (scaled). */
 static node_t *wait_leader(int64_t timeout_ms)
 {
     int64_t deadline = now_ms() + timeout_ms * scale;
@@ -458,7 +464,7 @@ static node_t *wait_leader(int64_t timeout_ms)
         bool agreed = leaders == 1;
         for (int i = 0; agreed && i < MAX_NODES; i++) {
             node_t *n = &nodes[i];
-            if (n->used && n->alive && n != leader) {
+            if (n->used && n->alive && n->member && n != leader) {
                 const char *r = cmd(n, "leader");
                 if (strncmp(r, "leader ", 7) != 0 || strcmp(r + 7, leader->addr) != 0) {
                     snprintf(last, sizeof last, "%s says '%s'", n->id, r);
