@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds and runs the whole test suite.
+# Builds and runs the whole test suite (installing the Go packages the
+# interop suite needs when they are missing).
 #   scripts/test.sh           plain build (build/)
 #   scripts/test.sh asan      AddressSanitizer + UBSan (build-asan/)
 #   scripts/test.sh tsan      ThreadSanitizer (build-tsan/)
@@ -27,6 +28,21 @@ valgrind) dir=build; opts=(); mult=20
 *) echo "usage: $0 [plain|asan|tsan|valgrind]" >&2; exit 2 ;;
 esac
 bash scripts/setup.sh "$dir" "${opts[@]}" >/dev/null
+# The interop suite (tests/interop/) builds a Go node against Debian's
+# hashicorp/raft v1.1.2; it fails, saying so, when they are missing.
+if [ "$mode" != valgrind ]; then
+    go_missing=()
+    for p in golang-go golang-github-hashicorp-raft-dev golang-github-hashicorp-raft-boltdb-dev; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || go_missing+=("$p")
+    done
+    if [ ${#go_missing[@]} -gt 0 ]; then
+        echo "test: installing ${go_missing[*]} for the interop suite"
+        SUDO=""
+        [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+        $SUDO apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${go_missing[@]}" >/dev/null
+    fi
+fi
 status=0
 extra=()
 if [ "$mode" = valgrind ]; then
