@@ -79,9 +79,6 @@ static size_t n_acked;
 static char *tmpdir;
 static int64_t scale = 1;
 static const char *craft_bin, *go_bin;
-/* TSAN_OPTIONS for craft nodes with tests/interop/tsan.supp added (a known
- * lib/ race, see there), or NULL when not running under TSan. */
-static char *tsan_supp;
 
 static const node_opts_t FAST = {0, 0, 0, 0};
 /* Go nodes that cannot campaign before craft's timeouts have run out
@@ -282,9 +279,6 @@ static void spawn(node_t *n, const char *bind)
         prctl(PR_SET_PDEATHSIG, SIGKILL);
         if (getppid() != parent) {
             _exit(127);
-        }
-        if (n->lang == CRAFT && tsan_supp != NULL) {
-            setenv("TSAN_OPTIONS", tsan_supp, 1);
         }
         int logfd = open(n->log, O_WRONLY | O_APPEND);
         if (logfd < 0 || dup2(in[0], 0) < 0 || dup2(out[1], 1) < 0 || dup2(logfd, 2) < 0) {
@@ -962,15 +956,6 @@ int main(void)
         fprintf(stderr, "interop: FAIL: craft node %s: %s\n", craft_bin, strerror(errno));
         return 1;
     }
-    const char *tsan = getenv("TSAN_OPTIONS"), *supp = getenv("INTEROP_TSAN_SUPP");
-    if (tsan != NULL && supp != NULL) {
-        size_t l = strlen(tsan) + strlen(supp) + 32;
-        tsan_supp = malloc(l);
-        snprintf(tsan_supp, l, "%s%ssuppressions=%s", tsan, tsan[0] ? ":" : "", supp);
-        fprintf(stderr, "interop: NOTE: KNOWN BUG suppressed for craft nodes under TSan: data "
-                        "race in craft_new (lib/api.c logs r->latest after starting the run "
-                        "thread); details in %s\n", supp);
-    }
     /* Build the Go node now, so that a missing toolchain is a clear test
      * failure, not a silent skip. */
     char line[4096];
@@ -991,6 +976,5 @@ int main(void)
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);
-    free(tsan_supp);
     return failed == 0 ? 0 : 1;
 }
