@@ -11,6 +11,13 @@
 
 tc_transport_kind_t tc_transport_kind = TC_INMEM;
 
+int64_t tc_time_scale(void)
+{
+    const char *s = getenv("CRAFT_TEST_TIME_SCALE");
+    int64_t v = s != NULL ? atoll(s) : 1;
+    return v < 1 ? 1 : v;
+}
+
 /* ---- recording FSM ---- */
 
 static void *fsm_apply(void *ctx, const craft_log_t *log)
@@ -247,7 +254,7 @@ static void open_transport(tc_cluster_t *c, size_t i)
     if (c->transport == TC_TCP) {
         craft_tcp_options_t o;
         craft_tcp_options_default(&o);
-        o.timeout_ms = 2000;
+        o.timeout_ms = 2000 * tc_time_scale();
         o.log_level = CRAFT_LEVEL_ERROR;
         /* Small enough that unbounded batches of large entries would be
          * refused (test_large_entries). */
@@ -255,7 +262,9 @@ static void open_transport(tc_cluster_t *c, size_t i)
         ck_assert_int_eq(craft_tcp_transport_new("127.0.0.1:0", NULL, &o, &nd->trans), 0);
         snprintf(nd->addr, sizeof nd->addr, "%s", nd->trans->local_addr(nd->trans->ctx));
     } else {
-        ck_assert_int_eq(craft_inmem_transport_new(nd->addr, &nd->trans), 0);
+        ck_assert_int_eq(
+            craft_inmem_transport_new_with_timeout(nd->addr, 500 * tc_time_scale(), &nd->trans),
+            0);
     }
 }
 
@@ -317,10 +326,7 @@ tc_cluster_t *tc_new_full(size_t n, size_t voters, void (*tweak)(craft_config_t 
     craft_config_default(&c->conf);
     /* Sanitizer builds run many times slower: scripts/test.sh scales the
      * timeouts (never assertions) so leadership does not flap. */
-    int64_t scale = getenv("CRAFT_TEST_TIME_SCALE") ? atoll(getenv("CRAFT_TEST_TIME_SCALE")) : 1;
-    if (scale < 1) {
-        scale = 1;
-    }
+    int64_t scale = tc_time_scale();
     c->conf.heartbeat_timeout_ms = 100 * scale;
     c->conf.election_timeout_ms = 100 * scale;
     c->conf.leader_lease_timeout_ms = 100 * scale;
