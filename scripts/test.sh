@@ -17,7 +17,7 @@ asan)  dir=build-asan; opts=(-Db_sanitize=address,undefined -Db_lundef=false); m
        export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
        export CRAFT_TEST_TIME_SCALE=${CRAFT_TEST_TIME_SCALE:-3} ;;
 tsan)  dir=build-tsan; opts=(-Db_sanitize=thread -Db_lundef=false); mult=4
-       export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1:suppressions=$PWD/scripts/tsan.supp}
+       export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:second_deadlock_stack=1}
        export CRAFT_TEST_TIME_SCALE=${CRAFT_TEST_TIME_SCALE:-5}
        # TSan needs a low-entropy address space on some kernels.
        if command -v setarch >/dev/null; then run=(setarch "$(uname -m)" -R); fi ;;

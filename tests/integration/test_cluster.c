@@ -149,28 +149,31 @@ START_TEST(test_large_entries)
 {
     tc_cluster_t *c = tc_new(3, 3);
     size_t len = (size_t)1 << 20;
+    /* 20 MiB is still more than one 16 MiB frame; sanitizer builds move
+     * data slowly, so they send 20 entries instead of 40. */
+    int count = tc_time_scale() > 1 ? 20 : 40;
     char *big = malloc(len);
     for (int attempt = 0; attempt < 5; attempt++) {
         int l = tc_leader(c, TC_WAIT_MS);
         ck_assert_int_ge(l, 0);
         craft_future_t *fs[40];
-        for (int i = 0; i < 40; i++) {
+        for (int i = 0; i < count; i++) {
             memset(big, 'a' + i % 26, len);
             snprintf(big, 16, "big-%d-%d", attempt, i);
             fs[i] = craft_apply(c->nodes[l].r, big, len, 0);
         }
         int ok = 0;
-        for (int i = 0; i < 40; i++) {
+        for (int i = 0; i < count; i++) {
             ok += craft_future_wait(fs[i]) == 0;
             craft_future_free(fs[i]);
         }
-        if (ok == 40) {
+        if (ok == count) {
             break;
         }
     }
     free(big);
-    /* Every node applied them (converged FSMs hold 40+ entries). */
-    ck_assert(tc_wait_converged(c, 40, TC_WAIT_MS));
+    /* Every node applied them. */
+    ck_assert(tc_wait_converged(c, (size_t)count, 3 * TC_WAIT_MS));
     tc_free(c);
 }
 END_TEST
