@@ -59,8 +59,10 @@ bool craft__future_complete(craft_future_t *f, int err)
     /* The payload is no longer needed once complete. */
     craft__entry_t *entry = f->entry;
     f->entry = NULL;
-    craft__cond_broadcast(&f->cond);
     craft__mutex_unlock(&f->mu);
+    /* Signalled after unlocking, so the waiter does not wake into a held
+     * mutex; our reference keeps the future alive until future_unref. */
+    craft__cond_broadcast(&f->cond);
     craft__entry_unref(entry);
     if (cb != NULL) {
         cb(f, arg);

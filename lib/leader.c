@@ -150,7 +150,7 @@ static void dispatch(craft_t *r, craft_future_t **fs, size_t n)
     }
     craft__set_last_log(r, index, term);
     for (size_t i = 0; i < L(r)->n_repls; i++) {
-        craft__repl_trigger(L(r)->repls[i]);
+        craft__repl_replicate(L(r)->repls[i]);
     }
     int64_t t0 = craft__now_ns();
     int rv = r->logs->store_logs(r->logs->ctx, logs, n);

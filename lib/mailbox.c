@@ -26,8 +26,10 @@ int craft__mailbox_post(craft__mailbox_t *mb, craft__msg_t *m)
     }
     craft__queue_push(&mb->q, &m->link);
     mb->len++;
-    craft__cond_signal(&mb->cond);
     craft__mutex_unlock(&mb->mu);
+    /* After unlocking: the woken reader does not block on our mutex. A
+     * mailbox outlives its posters (craft_free joins them first). */
+    craft__cond_signal(&mb->cond);
     return 0;
 }
 

@@ -321,18 +321,83 @@ static void *decode_main(void *arg)
         }
         free(tag);
         craft__mutex_lock(&p->mu);
+        /* The replication thread only waits on us when the window is full
+         * (or to learn of a failure): don't wake it for every response. */
+        bool was_full = p->inflight >= (size_t)r->conf.max_inflight;
         p->inflight--;
         if (failed) {
             p->pipe_failed = true;
         }
-        craft__cond_broadcast(&p->cond);
         craft__mutex_unlock(&p->mu);
+        if (failed || was_full) {
+            craft__cond_signal(&p->cond);
+        }
     }
     return NULL;
 }
 
+/* Sends AppendEntries for everything from pipe_next up to the last index
+ * while the window has room (or one empty request on an idle tick, to carry
+ * the commit index). The caller holds the sender role (p->sending), which
+ * owns p->logs / p->ents. Returns true when something was sent. */
+static bool send_batches(craft__repl_t *p, bool idle_tick)
+{
+    craft_t *r = p->r;
+    size_t window = (size_t)r->conf.max_inflight;
+    bool sent = false;
+    for (;;) {
+        uint64_t last = atomic_load(&r->last_log_index);
+        craft__mutex_lock(&p->mu);
+        bool go = !p->pipe_failed && !p->stop && p->inflight < window;
+        uint64_t next = p->pipe_next;
+        craft__mutex_unlock(&p->mu);
+        if (!go || (next > last && !(idle_tick && !sent))) {
+            break;
+        }
+        craft_append_entries_req_t req;
+        size_t n = 0;
+        pipe_tag_t *tag = malloc(sizeof *tag);
+        if (tag == NULL || build_request(p, next, last, &req, p->logs, p->ents, &n) != 0) {
+            free(tag);
+            craft__mutex_lock(&p->mu);
+            p->pipe_failed = true;
+            craft__mutex_unlock(&p->mu);
+            break;
+        }
+        uint64_t sent_last = req.prev_log_entry + n;
+        tag->last = sent_last;
+        tag->sent_ns = craft__now_ns();
+        craft__mutex_lock(&p->mu);
+        p->inflight++;
+        craft__mutex_unlock(&p->mu);
+        int rv = p->pipe->append_entries(p->pipe->ctx, &req, tag);
+        release_entries(p->ents, n);
+        atomic_fetch_add(&p->st_rpcs, 1);
+        craft__mutex_lock(&p->mu);
+        if (rv != 0) {
+            /* Not queued: the tag is ours. */
+            p->inflight--;
+            p->pipe_failed = true;
+        } else {
+            /* The decode thread may already have freed the tag. */
+            p->pipe_next = sent_last + 1;
+        }
+        craft__mutex_unlock(&p->mu);
+        if (rv != 0) {
+            free(tag);
+            break;
+        }
+        atomic_store(&p->next_index, sent_last + 1);
+        sent = true;
+    }
+    return sent;
+}
+
 /* Pipeline mode (hashicorp pipelineReplicate): streams AppendEntries with
- * at most max_inflight outstanding, until a failure or stop. */
+ * at most max_inflight outstanding, until a failure or stop. While the
+ * pipeline is up the run thread may send new entries itself
+ * (craft__repl_replicate), which saves a thread hand-off per batch; the
+ * sender role (p->sending) keeps one sender at a time, in index order. */
 static int run_pipeline(craft__repl_t *p)
 {
     craft_t *r = p->r;
@@ -341,11 +406,20 @@ static int run_pipeline(craft__repl_t *p)
         p->pipe = NULL;
         return rv;
     }
+    size_t max = (size_t)r->conf.max_append_entries;
+    p->logs = malloc(max * sizeof *p->logs);
+    p->ents = malloc(max * sizeof *p->ents);
     craft__mutex_lock(&p->mu);
     p->pipe_failed = false;
     p->inflight = 0;
+    p->pipe_next = atomic_load(&p->next_index);
     craft__mutex_unlock(&p->mu);
-    if (craft__thread_start(&p->decode_thread, "craft-decode", decode_main, p) != 0) {
+    if (p->logs == NULL || p->ents == NULL ||
+        craft__thread_start(&p->decode_thread, "craft-decode", decode_main, p) != 0) {
+        free(p->logs);
+        free(p->ents);
+        p->logs = NULL;
+        p->ents = NULL;
         p->pipe->close(p->pipe->ctx);
         p->pipe->free(p->pipe->ctx);
         p->pipe = NULL;
@@ -353,83 +427,48 @@ static int run_pipeline(craft__repl_t *p)
     }
     atomic_store(&p->pipelining, true);
     CRAFT__DEBUG(&r->log, "replication", "pipelining replication: peer=%s", p->id);
-    size_t max = (size_t)r->conf.max_append_entries;
-    craft_log_t *logs = malloc(max * sizeof *logs);
-    craft__entry_t **ents = malloc(max * sizeof *ents);
-    uint64_t next = atomic_load(&p->next_index);
     int64_t commit_deadline = craft__now_ns() + craft__random_timeout_ns(r->conf.commit_timeout_ms);
     size_t window = (size_t)r->conf.max_inflight;
-    while (logs != NULL && ents != NULL) {
-        craft__mutex_lock(&p->mu);
+    craft__mutex_lock(&p->mu);
+    p->pipe_ready = true;
+    for (;;) {
+        bool idle_tick = false;
         for (;;) {
             uint64_t last = atomic_load(&r->last_log_index);
-            bool can_send = next <= last && p->inflight < window;
-            if (p->stop || p->pipe_failed || can_send || craft__now_ns() >= commit_deadline) {
+            bool can_send = !p->sending && p->pipe_next <= last && p->inflight < window;
+            idle_tick = !p->sending && craft__now_ns() >= commit_deadline;
+            if (p->stop || p->pipe_failed || can_send || idle_tick) {
                 break;
             }
             craft__cond_wait_until(&p->cond, &p->mu, commit_deadline);
         }
         p->trigger = false;
-        bool quit = p->stop || p->pipe_failed;
-        craft__mutex_unlock(&p->mu);
-        if (quit) {
+        if (p->stop || p->pipe_failed) {
             break;
         }
-        bool sent = false;
-        bool idle_tick = craft__now_ns() >= commit_deadline;
-        for (;;) {
-            uint64_t last = atomic_load(&r->last_log_index);
-            craft__mutex_lock(&p->mu);
-            bool room = p->inflight < window;
-            craft__mutex_unlock(&p->mu);
-            if (!room || (next > last && !(idle_tick && !sent))) {
-                break;
-            }
-            craft_append_entries_req_t req;
-            size_t n = 0;
-            if (build_request(p, next, last, &req, logs, ents, &n) != 0) {
-                craft__mutex_lock(&p->mu);
-                p->pipe_failed = true;
-                craft__mutex_unlock(&p->mu);
-                break;
-            }
-            pipe_tag_t *tag = malloc(sizeof *tag);
-            if (tag == NULL) {
-                release_entries(ents, n);
-                break;
-            }
-            uint64_t sent_last = req.prev_log_entry + n;
-            tag->last = sent_last;
-            tag->sent_ns = craft__now_ns();
-            craft__mutex_lock(&p->mu);
-            p->inflight++;
-            craft__mutex_unlock(&p->mu);
-            rv = p->pipe->append_entries(p->pipe->ctx, &req, tag);
-            release_entries(ents, n);
-            atomic_fetch_add(&p->st_rpcs, 1);
-            if (rv != 0) {
-                free(tag);
-                craft__mutex_lock(&p->mu);
-                p->inflight--;
-                p->pipe_failed = true;
-                craft__mutex_unlock(&p->mu);
-                break;
-            }
-            /* The decode thread may already have freed the tag. */
-            next = sent_last + 1;
-            atomic_store(&p->next_index, next);
-            sent = true;
-        }
+        p->sending = true;
+        craft__mutex_unlock(&p->mu);
+        bool sent = send_batches(p, idle_tick);
+        craft__mutex_lock(&p->mu);
+        p->sending = false;
         if (sent || idle_tick) {
             commit_deadline = craft__now_ns() + craft__random_timeout_ns(r->conf.commit_timeout_ms);
         }
     }
-    free(logs);
-    free(ents);
+    /* No new sender from here; wait for the run thread's send to finish. */
+    p->pipe_ready = false;
+    while (p->sending) {
+        craft__cond_wait_until(&p->cond, &p->mu, -1);
+    }
+    craft__mutex_unlock(&p->mu);
     p->pipe->close(p->pipe->ctx);
     craft__thread_join(&p->decode_thread);
     p->pipe->free(p->pipe->ctx);
     p->pipe = NULL;
+    free(p->logs);
+    free(p->ents);
+    p->logs = NULL;
+    p->ents = NULL;
     atomic_store(&p->pipelining, false);
     atomic_store(&p->next_index, atomic_load(&p->match_index) + 1);
     CRAFT__DEBUG(&r->log, "replication", "aborting pipeline replication: peer=%s", p->id);
@@ -499,7 +538,7 @@ static void *hb_main(void *arg)
     for (;;) {
         craft__mutex_lock(&p->mu);
         while (!p->stop && p->hb_epoch <= sent_epoch && craft__now_ns() < deadline) {
-            craft__cond_wait_until(&p->cond, &p->mu, deadline);
+            craft__cond_wait_until(&p->hb_cond, &p->mu, deadline);
         }
         bool stop = p->stop;
         uint64_t epoch = p->hb_epoch;
@@ -584,6 +623,7 @@ craft__repl_t *craft__repl_start(craft_t *r, const craft_server_t *s, uint64_t t
     p->commitment = cm;
     craft__mutex_init(&p->mu);
     craft__cond_init(&p->cond);
+    craft__cond_init(&p->hb_cond);
     atomic_init(&p->next_index, next_index);
     atomic_init(&p->match_index, 0);
     atomic_init(&p->acked_epoch, 0);
@@ -599,6 +639,7 @@ craft__repl_t *craft__repl_start(craft_t *r, const craft_server_t *s, uint64_t t
         p->stop = true;
         p->exit_msg.type = 0; /* don't report: we join right here */
         craft__cond_broadcast(&p->cond);
+        craft__cond_broadcast(&p->hb_cond);
         craft__mutex_unlock(&p->mu);
         craft__thread_join(&p->repl_thread);
         goto err_after_init;
@@ -607,6 +648,7 @@ craft__repl_t *craft__repl_start(craft_t *r, const craft_server_t *s, uint64_t t
 err_after_init:
     CRAFT__ERROR(&r->log, "replication", "failed to start threads for peer=%s", s->id);
     craft__commitment_unref(cm);
+    craft__cond_destroy(&p->hb_cond);
     craft__cond_destroy(&p->cond);
     craft__mutex_destroy(&p->mu);
     free(p->id);
@@ -618,9 +660,40 @@ err_after_init:
 void craft__repl_trigger(craft__repl_t *p)
 {
     craft__mutex_lock(&p->mu);
+    bool wake = !p->trigger;
     p->trigger = true;
-    craft__cond_broadcast(&p->cond);
     craft__mutex_unlock(&p->mu);
+    if (wake) {
+        craft__cond_signal(&p->cond); /* p outlives the run thread's calls */
+    }
+}
+
+void craft__repl_replicate(craft__repl_t *p)
+{
+    craft__mutex_lock(&p->mu);
+    bool mine = p->pipe_ready && !p->sending && !p->stop && !p->pipe_failed &&
+                p->inflight < (size_t)p->r->conf.max_inflight;
+    if (!mine) {
+        bool wake = !p->trigger;
+        p->trigger = true;
+        craft__mutex_unlock(&p->mu);
+        if (wake) {
+            craft__cond_signal(&p->cond);
+        }
+        return;
+    }
+    p->sending = true;
+    craft__mutex_unlock(&p->mu);
+    send_batches(p, false);
+    craft__mutex_lock(&p->mu);
+    p->sending = false;
+    /* The replication thread waits for us when the pipeline is closing,
+     * and must learn of a failure we hit. */
+    bool wake = !p->pipe_ready || p->pipe_failed || p->stop;
+    craft__mutex_unlock(&p->mu);
+    if (wake) {
+        craft__cond_signal(&p->cond);
+    }
 }
 
 void craft__repl_heartbeat_now(craft__repl_t *p, uint64_t epoch)
@@ -629,7 +702,7 @@ void craft__repl_heartbeat_now(craft__repl_t *p, uint64_t epoch)
     if (epoch > p->hb_epoch) {
         p->hb_epoch = epoch;
     }
-    craft__cond_broadcast(&p->cond);
+    craft__cond_signal(&p->hb_cond);
     craft__mutex_unlock(&p->mu);
 }
 
@@ -638,6 +711,7 @@ void craft__repl_stop(craft__repl_t *p)
     craft__mutex_lock(&p->mu);
     p->stop = true;
     craft__cond_broadcast(&p->cond);
+    craft__cond_broadcast(&p->hb_cond);
     craft__mutex_unlock(&p->mu);
 }
 
@@ -646,6 +720,7 @@ void craft__repl_free(craft__repl_t *p)
     craft__thread_join(&p->repl_thread);
     craft__thread_join(&p->hb_thread);
     craft__commitment_unref(p->commitment);
+    craft__cond_destroy(&p->hb_cond);
     craft__cond_destroy(&p->cond);
     craft__mutex_destroy(&p->mu);
     free(p->id);

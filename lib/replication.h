@@ -20,7 +20,8 @@ struct craft__repl {
     craft__commitment_t *commitment;
 
     craft__mutex_t mu;
-    craft__cond_t cond;
+    craft__cond_t cond;    /* the replication thread waits here */
+    craft__cond_t hb_cond; /* the heartbeat thread waits here */
     /* under mu */
     bool stop;
     bool trigger;
@@ -28,6 +29,9 @@ struct craft__repl {
     int alive;           /* threads still running */
     size_t inflight;     /* pipelined requests awaiting a response */
     bool pipe_failed;
+    bool pipe_ready;     /* pipeline up: the run thread may send */
+    bool sending;        /* someone holds the sender role */
+    uint64_t pipe_next;  /* next index to send in pipeline mode */
 
     _Atomic uint64_t next_index;
     _Atomic uint64_t match_index;
@@ -40,6 +44,8 @@ struct craft__repl {
     craft__thread_t hb_thread;
     craft_pipeline_t *pipe;
     craft__thread_t decode_thread;
+    craft_log_t *logs;      /* the sender's request buffers */
+    craft__entry_t **ents;
 };
 
 /* Starts replicating to `s` for `term`, beginning at next_index. Takes a
@@ -48,6 +54,9 @@ craft__repl_t *craft__repl_start(craft_t *r, const craft_server_t *s, uint64_t t
                                  craft__commitment_t *cm, uint64_t next_index);
 /* New entries are available. */
 void craft__repl_trigger(craft__repl_t *p);
+/* New entries are available: sends them from the calling (run) thread when
+ * the pipeline is up and has room, else triggers the replication thread. */
+void craft__repl_replicate(craft__repl_t *p);
 /* Sends a heartbeat now, for verify epoch `epoch`. */
 void craft__repl_heartbeat_now(craft__repl_t *p, uint64_t epoch);
 /* Asks the threads to exit; they post exit_msg when done. */
