@@ -163,7 +163,7 @@ static int load_state(craft_t *r)
     if (commit > 0) {
         CRAFT__INFO(&r->log, "raft", "replaying committed logs: commit=%llu",
                     (unsigned long long)commit);
-        craft__commit_to(r, commit, NULL);
+        craft__commit_to(r, commit);
     }
     return 0;
 }
@@ -181,6 +181,7 @@ static void free_node(craft_t *r)
     craft__mailbox_destroy(&r->run_mb);
     craft__mailbox_destroy(&r->fsm_mb);
     craft__mutex_destroy(&r->mu);
+    craft__mutex_destroy(&r->commit_mu);
     craft__mutex_destroy(&r->shutdown_mu);
     free(r->leader_id);
     free(r->leader_addr);
@@ -225,6 +226,8 @@ int craft_new(craft_t **out, const craft_config_t *config, craft_fsm_t *fsm,
     r->snaps = snaps;
     r->trans = trans;
     craft__mutex_init(&r->mu);
+    craft__mutex_init(&r->commit_mu);
+    craft__queue_init(&r->commit_futures);
     craft__mutex_init(&r->shutdown_mu);
     craft__mailbox_init(&r->run_mb);
     craft__mailbox_init(&r->fsm_mb);

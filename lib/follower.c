@@ -245,7 +245,7 @@ void craft__handle_append_entries(craft_t *r, craft_rpc_t *rpc)
         uint64_t verified = req->prev_log_entry + req->n_entries;
         uint64_t idx = req->leader_commit_index < verified ? req->leader_commit_index : verified;
         if (idx > atomic_load(&r->commit_index)) {
-            craft__commit_to(r, idx, NULL);
+            craft__commit_to(r, idx);
         }
     }
     resp->success = true;

@@ -214,10 +214,14 @@ void *craft__fsm_main(void *arg)
             continue;
         }
         craft__fsm_commit_t *c = (craft__fsm_commit_t *)m;
+        /* Taken before applying, so each future gets its entry's response. */
+        craft__queue_t futures;
+        craft__queue_init(&futures);
+        craft__take_futures(r, c->index, false, &futures);
         if (closing || s.failed) {
-            fail_all(&c->futures, s.failed ? CRAFT_EIO : CRAFT_ESHUTDOWN);
+            fail_all(&futures, s.failed ? CRAFT_EIO : CRAFT_ESHUTDOWN);
         } else {
-            apply_upto(&s, c->index, &c->futures);
+            apply_upto(&s, c->index, &futures);
         }
         free(c);
     }

@@ -123,6 +123,8 @@ static void dispatch(craft_t *r, craft_future_t **fs, size_t n)
     uint64_t index = atomic_load(&r->last_log_index);
     uint64_t prev_term = atomic_load(&r->last_log_term);
     int64_t now = craft__wall_ns();
+    craft__queue_t appended;
+    craft__queue_init(&appended);
     craft_log_t *logs = malloc(n * sizeof *logs);
     if (logs == NULL) {
         for (size_t i = 0; i < n; i++) {
@@ -140,7 +142,7 @@ static void dispatch(craft_t *r, craft_future_t **fs, size_t n)
         if (craft__window_append(&r->window, e) != 0) {
             craft__window_clear(&r->window);
         }
-        craft__queue_push(&L(r)->inflight, &fs[i]->link);
+        craft__queue_push(&appended, &fs[i]->link);
         if (e->log.type == CRAFT_LOG_COMMAND) {
             atomic_fetch_add(&r->st_applies, 1);
         } else if (e->log.type == CRAFT_LOG_CONFIGURATION) {
@@ -148,10 +150,15 @@ static void dispatch(craft_t *r, craft_future_t **fs, size_t n)
             craft__configuration_appended(r, &fs[i]->configuration, index);
         }
     }
+    /* Before anyone can commit them (commit waits for our own write). */
+    craft__mutex_lock(&r->commit_mu);
+    craft__queue_move(&appended, &r->commit_futures);
+    craft__mutex_unlock(&r->commit_mu);
     craft__set_last_log(r, index, term);
     for (size_t i = 0; i < L(r)->n_repls; i++) {
         craft__repl_replicate(L(r)->repls[i]);
     }
+    craft__stage_commit(r); /* commits made by the replication side */
     int64_t t0 = craft__now_ns();
     int rv = r->logs->store_logs(r->logs->ctx, logs, n);
     atomic_fetch_add(&r->st_store_us, (uint64_t)(craft__now_ns() - t0) / 1000);
@@ -169,9 +176,22 @@ static void dispatch(craft_t *r, craft_future_t **fs, size_t n)
         craft__set_state(r, CRAFT_FOLLOWER);
         return;
     }
+    atomic_store(&r->own_stored_index, index);
     if (craft__commitment_match(L(r)->commitment, r->local_id, index)) {
         craft__signal(r, &r->commit_msg, &r->commit_posted);
+    } else if (craft__commit_fast(r, term, L(r)->commitment)) {
+        /* Peers acknowledged before our own write returned. */
+        craft__signal(r, &r->commit_msg, &r->commit_posted);
     }
+}
+
+/* Fails the apply futures above the commit index (not committed). */
+static void fail_uncommitted(craft_t *r, int err)
+{
+    craft__queue_t q;
+    craft__queue_init(&q);
+    craft__take_futures(r, atomic_load(&r->commit_index), true, &q);
+    fail_queue(&q, err);
 }
 
 /* Moves pending applies into the log, respecting max_uncommitted. */
@@ -458,28 +478,9 @@ static void process_commit(craft_t *r)
     if (atomic_load(&r->state) != CRAFT_LEADER) {
         return;
     }
-    uint64_t commit = craft__commitment_commit_index(L(r)->commitment);
-    if (commit > atomic_load(&r->last_log_index)) {
-        commit = atomic_load(&r->last_log_index);
-    }
-    if (commit <= atomic_load(&r->commit_index)) {
-        return;
-    }
-    craft__queue_t done;
-    craft__queue_init(&done);
-    int64_t now = craft__now_ns();
-    while (!craft__queue_empty(&L(r)->inflight)) {
-        craft__queue_t *e = craft__queue_head(&L(r)->inflight);
-        craft_future_t *f = CRAFT__QUEUE_DATA(e, craft_future_t, link);
-        if (f->index > commit) {
-            break;
-        }
-        craft__queue_remove(e);
-        atomic_fetch_add(&r->st_commit_us, (uint64_t)(now - f->enqueued_ns) / 1000);
-        atomic_fetch_add(&r->st_commit_n, 1);
-        craft__queue_push(&done, e);
-    }
-    craft__commit_to(r, commit, &done);
+    /* commit_to caps at last_log_index; the replication side may have
+     * advanced commit_index already (craft__commit_fast). */
+    craft__commit_to(r, craft__commitment_commit_index(L(r)->commitment));
     release_reads(r);
     /* A leader no longer in the committed configuration as a voter steps
      * down (hashicorp: removed leader). */
@@ -638,7 +639,7 @@ void craft__leader_restore(craft_t *r, craft_future_t *f)
         return;
     }
     /* Commands in flight are cut off by the restore. */
-    fail_queue(&L(r)->inflight, CRAFT_EABORTED);
+    fail_uncommitted(r, CRAFT_EABORTED);
     rv = craft__fsm_restore(r, id, index, term);
     free(id);
     if (rv != 0) {
@@ -654,6 +655,7 @@ void craft__leader_restore(craft_t *r, craft_future_t *f)
     atomic_store(&r->last_snapshot_term, term);
     craft__mutex_unlock(&r->mu);
     craft__set_last_log(r, index, term);
+    atomic_store(&r->own_stored_index, index);
     craft__commitment_match(L(r)->commitment, r->local_id, index);
     CRAFT__INFO(&r->log, "raft", "restored user snapshot: index=%llu", (unsigned long long)index);
     /* The future completes once a no-op after the snapshot is applied. */
@@ -670,7 +672,6 @@ static void leader_enter(craft_t *r)
 {
     craft__leader_t *l = L(r);
     memset(l, 0, sizeof *l);
-    craft__queue_init(&l->inflight);
     craft__queue_init(&l->pending);
     craft__queue_init(&l->verifies);
     craft__queue_init(&l->config_pending);
@@ -686,6 +687,10 @@ static void leader_enter(craft_t *r)
     }
     /* Our own log counts as replicated up to where it is stored. */
     craft__commitment_match(l->commitment, r->local_id, last);
+    atomic_store(&r->own_stored_index, last);
+    craft__mutex_lock(&r->commit_mu);
+    r->commit_term = atomic_load(&r->current_term);
+    craft__mutex_unlock(&r->commit_mu);
     craft__set_leader(r, r->local_id, r->local_addr);
     atomic_store(&r->last_contact_ns, craft__now_ns());
     start_stop_replication(r);
@@ -717,7 +722,13 @@ static void leader_exit(craft_t *r)
     l->repls = NULL;
     craft__mutex_unlock(&r->mu);
     int lost = atomic_load(&r->shutting_down) ? CRAFT_ESHUTDOWN : CRAFT_ELEADERSHIPLOST;
-    fail_queue(&l->inflight, lost);
+    /* No more commits from the replication side; what is committed stays
+     * with the fsm thread, the rest fails. */
+    craft__mutex_lock(&r->commit_mu);
+    r->commit_term = 0;
+    craft__mutex_unlock(&r->commit_mu);
+    atomic_store(&r->commit_watch, false);
+    fail_uncommitted(r, lost);
     fail_queue(&l->pending, atomic_load(&r->shutting_down) ? CRAFT_ESHUTDOWN : CRAFT_ENOTLEADER);
     fail_queue(&l->verifies, lost);
     fail_queue(&l->reads_waiting, lost);
@@ -799,6 +810,14 @@ void craft__leader_loop(craft_t *r)
         }
         flush_pending(r);
         flush_config_changes(r);
+        /* Ask the replication side to wake us on commits only while
+         * something here waits for one; set before process_commit so that
+         * no commit falls between the two. */
+        atomic_store(&r->commit_watch, !craft__queue_empty(&L(r)->pending) ||
+                                           !craft__queue_empty(&L(r)->config_pending) ||
+                                           !craft__queue_empty(&L(r)->reads_waiting) ||
+                                           r->latest_index > r->committed_index ||
+                                           atomic_load(&r->commit_index) < L(r)->start_index);
         process_commit(r);
         check_transfer(r);
         if (atomic_load(&r->state) != CRAFT_LEADER) {

@@ -36,6 +36,14 @@ static inline void craft__queue_push(craft__queue_t *q, craft__queue_t *e)
     q->prev = e;
 }
 
+static inline void craft__queue_insert_head(craft__queue_t *q, craft__queue_t *e)
+{
+    e->next = q->next;
+    e->prev = q;
+    q->next->prev = e;
+    q->next = e;
+}
+
 static inline void craft__queue_remove(craft__queue_t *e)
 {
     e->prev->next = e->next;

@@ -79,12 +79,11 @@ typedef struct craft__rpc_msg {
     craft_rpc_t *rpc;
 } craft__rpc_msg_t;
 
-/* Committed entries up to `index` to apply; `futures` waiting on them in
- * index order. */
+/* Committed entries up to `index` to apply (the futures waiting on them
+ * are in r->commit_futures). */
 typedef struct craft__fsm_commit {
     craft__msg_t msg;
     uint64_t index;
-    craft__queue_t futures;
 } craft__fsm_commit_t;
 
 typedef struct craft__vote_msg {
@@ -102,7 +101,6 @@ typedef struct craft__repl craft__repl_t;
 /* Per-term leader state (run thread). */
 typedef struct craft__leader {
     craft__commitment_t *commitment;
-    craft__queue_t inflight;  /* apply futures appended, waiting for commit */
     craft__queue_t pending;   /* apply futures waiting for flow control */
     craft__queue_t verifies;  /* verify futures waiting for acks */
     craft__repl_t **repls;
@@ -170,6 +168,18 @@ struct craft {
     craft_configuration_t latest_copy; /* under mu: for getters */
     uint64_t latest_copy_index;        /* under mu */
     craft__window_t window;            /* thread-safe itself */
+    /* Commit advancement. The run thread advances commit_index; while we
+     * lead, the replication side may too (craft__commit_fast), so that a
+     * quorum's acknowledgement reaches the fsm thread without a hop through
+     * run. Both go through commit_mu, which also guards the leader's apply
+     * futures waiting for the fsm (dispatch appends in index order; the fsm
+     * thread takes those at or below what it is told to apply; losing
+     * leadership fails those above commit_index). */
+    craft__mutex_t commit_mu;
+    craft__queue_t commit_futures;     /* under commit_mu */
+    uint64_t commit_term;              /* under commit_mu: term we lead, or 0 */
+    _Atomic uint64_t own_stored_index; /* leader: its own log is stored to here */
+    atomic_bool commit_watch;          /* run wants a signal on every commit */
     atomic_bool shutting_down;
     /* reloadable config values (craft_reload_config) */
     _Atomic int64_t ht_ms, et_ms, snapshot_interval_ms;
@@ -210,6 +220,7 @@ struct craft {
     craft__queue_t vote_threads;
     bool candidate_from_transfer;
     size_t repls_stopping; /* replication peers asked to stop, not yet exited */
+    uint64_t staged_commit; /* last commit index handed to stage_commit_index */
     _Atomic uint64_t last_snapshot_index; /* written by run only */
     _Atomic uint64_t last_snapshot_term;
 
@@ -251,10 +262,20 @@ void craft__step_down(craft_t *r, uint64_t term);
 /* A configuration entry was appended at `index` (leader or follower). */
 void craft__configuration_appended(craft_t *r, const craft_configuration_t *c,
                                    uint64_t index);
-/* Commit index advanced to `index` (run thread): commits configurations,
- * persists the commit index if the store tracks it, hands entries and
- * `futures` (may be NULL) to the fsm thread. */
-void craft__commit_to(craft_t *r, uint64_t index, craft__queue_t *futures);
+/* Commit index advanced to `index` (run thread): hands the entries to the
+ * fsm thread, stages the commit index if the store tracks it, and commits
+ * the latest configuration once commit_index covers it. */
+void craft__commit_to(craft_t *r, uint64_t index);
+/* Leader fast path, any thread: advances commit_index to what `cm` says is
+ * replicated on a quorum, capped by the leader's own stored log, if we
+ * still lead `term`. Returns true when commit_index advanced. */
+bool craft__commit_fast(craft_t *r, uint64_t term, craft__commitment_t *cm);
+/* Hands commit_index to the LogStore's stage_commit_index when it moved
+ * (run thread; the store persists it with its next write). */
+void craft__stage_commit(craft_t *r);
+/* Moves the leader's apply futures waiting for the fsm into `out`, in
+ * index order: those with index <= upto, or those above it if `above`. */
+void craft__take_futures(craft_t *r, uint64_t upto, bool above, craft__queue_t *out);
 /* Posts a coalesced signal to run. */
 void craft__signal(craft_t *r, craft__msg_t *m, atomic_bool *posted);
 /* Fills a request header with our id/address. */

@@ -71,7 +71,12 @@ static void record_match(craft__repl_t *p, uint64_t match)
     while (match > cur && !atomic_compare_exchange_weak(&p->match_index, &cur, match)) {
     }
     if (match > cur && craft__commitment_match(p->commitment, p->id, match)) {
-        craft__signal(p->r, &p->r->commit_msg, &p->r->commit_posted);
+        /* Straight to the fsm thread; run only hears of it when it waits
+         * for a commit (or when the fast path cannot commit). */
+        if (!craft__commit_fast(p->r, p->term, p->commitment) ||
+            atomic_load(&p->r->commit_watch)) {
+            craft__signal(p->r, &p->r->commit_msg, &p->r->commit_posted);
+        }
     }
 }
 

@@ -209,24 +209,143 @@ void craft__configuration_appended(craft_t *r, const craft_configuration_t *c,
     }
 }
 
-void craft__commit_to(craft_t *r, uint64_t index, craft__queue_t *futures)
+void craft__take_futures(craft_t *r, uint64_t upto, bool above, craft__queue_t *out)
+{
+    craft__mutex_lock(&r->commit_mu);
+    if (above) {
+        /* From the tail: the newest are above. */
+        craft__queue_t tmp;
+        craft__queue_init(&tmp);
+        while (!craft__queue_empty(&r->commit_futures)) {
+            craft__queue_t *e = r->commit_futures.prev;
+            if (CRAFT__QUEUE_DATA(e, craft_future_t, link)->index <= upto) {
+                break;
+            }
+            craft__queue_remove(e);
+            craft__queue_insert_head(&tmp, e);
+        }
+        craft__queue_move(&tmp, out);
+    } else {
+        while (!craft__queue_empty(&r->commit_futures)) {
+            craft__queue_t *e = craft__queue_head(&r->commit_futures);
+            if (CRAFT__QUEUE_DATA(e, craft_future_t, link)->index > upto) {
+                break;
+            }
+            craft__queue_remove(e);
+            craft__queue_push(out, e);
+        }
+    }
+    craft__mutex_unlock(&r->commit_mu);
+}
+
+static void fail_taken(craft_t *r, uint64_t upto, int err)
+{
+    craft__queue_t q;
+    craft__queue_init(&q);
+    craft__take_futures(r, upto, false, &q);
+    while (!craft__queue_empty(&q)) {
+        craft__queue_t *e = craft__queue_head(&q);
+        craft__queue_remove(e);
+        craft__fail_future(CRAFT__QUEUE_DATA(e, craft_future_t, link), err);
+    }
+}
+
+/* Publishes commit_index = index and tells the fsm thread; commit_mu held.
+ * Returns false when the fsm thread could not be told (the caller fails
+ * the futures up to index once commit_mu is released). */
+static bool advance_locked(craft_t *r, uint64_t index, int *err)
+{
+    atomic_store(&r->commit_index, index);
+    atomic_fetch_add(&r->st_commits, 1);
+    craft__fsm_commit_t *c = malloc(sizeof *c);
+    if (c == NULL) {
+        CRAFT__ERROR(&r->log, "raft", "out of memory dispatching commits");
+        atomic_store(&r->shutting_down, true);
+        *err = CRAFT_ENOMEM;
+        return false;
+    }
+    c->msg.type = CRAFT__FSM_COMMIT;
+    c->index = index;
+    if (craft__mailbox_post(&r->fsm_mb, &c->msg) != 0) {
+        free(c);
+        *err = CRAFT_ESHUTDOWN;
+        return false;
+    }
+    return true;
+}
+
+bool craft__commit_fast(craft_t *r, uint64_t term, craft__commitment_t *cm)
+{
+    craft__mutex_lock(&r->commit_mu);
+    if (r->commit_term != term || term == 0) {
+        craft__mutex_unlock(&r->commit_mu);
+        return false;
+    }
+    uint64_t index = craft__commitment_commit_index(cm);
+    uint64_t own = atomic_load(&r->own_stored_index);
+    if (index > own) {
+        /* Only what our own log holds: the fsm thread reads it from there
+         * (a failed leader write drops a batch peers may have). */
+        index = own;
+    }
+    uint64_t old = atomic_load(&r->commit_index);
+    if (index <= old) {
+        craft__mutex_unlock(&r->commit_mu);
+        return false;
+    }
+    int64_t now = craft__now_ns();
+    for (craft__queue_t *e = r->commit_futures.next; e != &r->commit_futures; e = e->next) {
+        craft_future_t *f = CRAFT__QUEUE_DATA(e, craft_future_t, link);
+        if (f->index > index) {
+            break;
+        }
+        if (f->index > old) {
+            atomic_fetch_add(&r->st_commit_us, (uint64_t)(now - f->enqueued_ns) / 1000);
+            atomic_fetch_add(&r->st_commit_n, 1);
+        }
+    }
+    int err = 0;
+    bool ok = advance_locked(r, index, &err);
+    craft__mutex_unlock(&r->commit_mu);
+    if (!ok) {
+        fail_taken(r, index, err);
+    }
+    return true;
+}
+
+void craft__commit_to(craft_t *r, uint64_t index)
 {
     if (index > atomic_load(&r->last_log_index)) {
         index = atomic_load(&r->last_log_index);
     }
-    if (index <= atomic_load(&r->commit_index)) {
-        /* Futures are only collected up to the new index; never drop one. */
-        while (futures != NULL && !craft__queue_empty(futures)) {
-            craft__queue_t *e = craft__queue_head(futures);
-            craft__queue_remove(e);
-            craft__fail_future(CRAFT__QUEUE_DATA(e, craft_future_t, link),
-                               CRAFT_ELEADERSHIPLOST);
+    craft__mutex_lock(&r->commit_mu);
+    uint64_t old = atomic_load(&r->commit_index);
+    bool advanced = index > old;
+    int err = 0;
+    bool ok = true;
+    if (advanced) {
+        int64_t now = craft__now_ns();
+        for (craft__queue_t *e = r->commit_futures.next; e != &r->commit_futures;
+             e = e->next) {
+            craft_future_t *f = CRAFT__QUEUE_DATA(e, craft_future_t, link);
+            if (f->index > index) {
+                break;
+            }
+            if (f->index > old) {
+                atomic_fetch_add(&r->st_commit_us, (uint64_t)(now - f->enqueued_ns) / 1000);
+                atomic_fetch_add(&r->st_commit_n, 1);
+            }
         }
-        return;
+        ok = advance_locked(r, index, &err);
     }
-    atomic_store(&r->commit_index, index);
-    atomic_fetch_add(&r->st_commits, 1);
-    if (r->latest_index > r->committed_index && r->latest_index <= index) {
+    craft__mutex_unlock(&r->commit_mu);
+    if (!ok) {
+        fail_taken(r, index, err);
+    }
+    /* The fast path may have advanced commit_index already: the
+     * configuration is committed whenever commit_index covers it. */
+    uint64_t commit = atomic_load(&r->commit_index);
+    if (r->latest_index > r->committed_index && r->latest_index <= commit) {
         craft_configuration_t copy;
         if (craft_configuration_copy(&copy, &r->latest) == 0) {
             craft_configuration_free(&r->committed);
@@ -235,34 +354,24 @@ void craft__commit_to(craft_t *r, uint64_t index, craft__queue_t *futures)
             craft__publish_committed(r);
         }
     }
-    if (r->logs->stage_commit_index != NULL && r->conf.restore_committed_logs) {
-        int rv = r->logs->stage_commit_index(r->logs->ctx, index);
-        if (rv != 0) {
-            CRAFT__WARN(&r->log, "raft", "failed to stage commit index: index=%llu error=%s",
-                        (unsigned long long)index, craft_strerror(rv));
-        }
-    }
-    craft__fsm_commit_t *c = malloc(sizeof *c);
-    if (c == NULL) {
-        CRAFT__ERROR(&r->log, "raft", "out of memory dispatching commits");
-        atomic_store(&r->shutting_down, true);
+    (void)advanced;
+    craft__stage_commit(r);
+}
+
+void craft__stage_commit(craft_t *r)
+{
+    uint64_t commit = atomic_load(&r->commit_index);
+    if (commit <= r->staged_commit || r->logs->stage_commit_index == NULL ||
+        !r->conf.restore_committed_logs) {
         return;
     }
-    c->msg.type = CRAFT__FSM_COMMIT;
-    c->index = index;
-    craft__queue_init(&c->futures);
-    if (futures != NULL) {
-        craft__queue_move(futures, &c->futures);
-    }
-    if (craft__mailbox_post(&r->fsm_mb, &c->msg) != 0) {
-        while (!craft__queue_empty(&c->futures)) {
-            craft__queue_t *e = craft__queue_head(&c->futures);
-            craft__queue_remove(e);
-            craft__fail_future(CRAFT__QUEUE_DATA(e, craft_future_t, link), CRAFT_ESHUTDOWN);
-        }
-        free(c);
+    int rv = r->logs->stage_commit_index(r->logs->ctx, commit);
+    if (rv != 0) {
+        CRAFT__WARN(&r->log, "raft", "failed to stage commit index: index=%llu error=%s",
+                    (unsigned long long)commit, craft_strerror(rv));
         return;
     }
+    r->staged_commit = commit;
 }
 
 void craft__handle_rpc(craft_t *r, craft_rpc_t *rpc)
@@ -430,6 +539,7 @@ static void run_shutdown(craft_t *r)
     craft__mailbox_close(&r->snapshot_mb);
     craft__mailbox_close(&r->fsm_mb);
     craft__thread_join(&r->fsm_thread);
+    fail_taken(r, UINT64_MAX, CRAFT_ESHUTDOWN); /* none expected: belt and braces */
     if (r->snapshot_thread_started) {
         craft__thread_join(&r->snapshot_thread);
     }
