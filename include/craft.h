@@ -479,6 +479,13 @@ typedef void (*craft_rpc_handler_fn)(void *arg, craft_rpc_t *rpc);
 
 /* An ordered stream of AppendEntries to one peer (hashicorp's
  * AppendPipeline). One thread sends, another receives responses. */
+/* A pipelined AppendEntries' outcome, delivered by the transport (see
+ * craft_pipeline_t.set_response_handler): err == 0 with `resp` (valid for
+ * the call only), or err < 0 and resp NULL when the request failed. */
+typedef void (*craft_pipeline_response_fn)(void *arg, int err,
+                                           const craft_append_entries_resp_t *resp,
+                                           void *tag);
+
 typedef struct craft_pipeline {
     void *ctx;
     /* Sends `req` (fully copied or encoded before returning, so `req` is
@@ -498,6 +505,15 @@ typedef struct craft_pipeline {
     /* Frees the pipeline. Only after close and once no thread is inside
      * another pipeline call. */
     void (*free)(void *ctx);
+    /* Optional (NULL = not offered; craft then reads next_response on a
+     * thread of its own). Delivers responses by calling fn(arg, err, resp,
+     * tag) from a transport thread instead: once per request, in request
+     * order, never two calls at once. fn is short and never blocks; it must
+     * not call into the pipeline. Installed once, before the first
+     * append_entries; next_response is not used afterwards. close() hands
+     * every request still without a response to fn with CRAFT_ECLOSED and
+     * returns only once no call to fn is running and none will follow. */
+    int (*set_response_handler)(void *ctx, craft_pipeline_response_fn fn, void *arg);
 } craft_pipeline_t;
 
 typedef struct craft_transport {

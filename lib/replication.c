@@ -294,49 +294,66 @@ static int replicate_once(craft__repl_t *p, int *failures)
     return *failures > 0 ? SEND_RETRY : SEND_OK;
 }
 
+/* One pipelined response (or failure), in request order. */
+static void handle_response(craft__repl_t *p, int rv, const craft_append_entries_resp_t *resp,
+                            pipe_tag_t *tag)
+{
+    craft_t *r = p->r;
+    bool failed = rv != 0;
+    if (!failed) {
+        int64_t now = craft__now_ns();
+        atomic_store(&p->st_rtt_us, (uint64_t)(now - tag->sent_ns) / 1000);
+        if (resp->term > p->term) {
+            step_down_to(p, resp->term);
+            failed = true;
+        } else if (!resp->success) {
+            failed = true;
+        } else {
+            atomic_store(&p->last_contact_ns, now);
+            record_match(p, tag->last);
+        }
+    } else {
+        atomic_fetch_add(&p->st_failures, 1);
+    }
+    free(tag);
+    craft__mutex_lock(&p->mu);
+    /* The replication thread only waits on us when the window is full
+     * (or to learn of a failure): don't wake it for every response. */
+    bool was_full = p->inflight >= (size_t)r->conf.max_inflight;
+    p->inflight--;
+    if (failed) {
+        p->pipe_failed = true;
+    }
+    craft__mutex_unlock(&p->mu);
+    if (failed || was_full) {
+        craft__cond_signal(&p->cond);
+    }
+}
+
+/* The transport's response callback (set_response_handler). */
+static void on_pipe_response(void *arg, int err, const craft_append_entries_resp_t *resp,
+                             void *tag)
+{
+    if (tag != NULL) {
+        handle_response(arg, err != 0 || resp == NULL ? (err != 0 ? err : CRAFT_EPROTOCOL) : 0,
+                        resp, tag);
+    }
+}
+
+/* Reads pipelined responses when the transport has no response callback. */
 static void *decode_main(void *arg)
 {
     craft__repl_t *p = arg;
-    craft_t *r = p->r;
-    craft__set_craft_thread(r);
+    craft__set_craft_thread(p->r);
     for (;;) {
         craft_append_entries_resp_t resp;
         memset(&resp, 0, sizeof resp);
         void *tagv = NULL;
         int rv = p->pipe->next_response(p->pipe->ctx, &resp, &tagv);
-        pipe_tag_t *tag = tagv;
-        if (tag == NULL) {
+        if (tagv == NULL) {
             break; /* closed and drained */
         }
-        bool failed = rv != 0;
-        if (!failed) {
-            int64_t now = craft__now_ns();
-            atomic_store(&p->st_rtt_us, (uint64_t)(now - tag->sent_ns) / 1000);
-            if (resp.term > p->term) {
-                step_down_to(p, resp.term);
-                failed = true;
-            } else if (!resp.success) {
-                failed = true;
-            } else {
-                atomic_store(&p->last_contact_ns, now);
-                record_match(p, tag->last);
-            }
-        } else {
-            atomic_fetch_add(&p->st_failures, 1);
-        }
-        free(tag);
-        craft__mutex_lock(&p->mu);
-        /* The replication thread only waits on us when the window is full
-         * (or to learn of a failure): don't wake it for every response. */
-        bool was_full = p->inflight >= (size_t)r->conf.max_inflight;
-        p->inflight--;
-        if (failed) {
-            p->pipe_failed = true;
-        }
-        craft__mutex_unlock(&p->mu);
-        if (failed || was_full) {
-            craft__cond_signal(&p->cond);
-        }
+        handle_response(p, rv, &resp, tagv);
     }
     return NULL;
 }
@@ -419,8 +436,14 @@ static int run_pipeline(craft__repl_t *p)
     p->inflight = 0;
     p->pipe_next = atomic_load(&p->next_index);
     craft__mutex_unlock(&p->mu);
+    /* Responses straight from the transport's thread when it offers that
+     * (a thread hand-off less per response), else a decode thread. */
+    bool push = p->logs != NULL && p->ents != NULL &&
+                p->pipe->set_response_handler != NULL &&
+                p->pipe->set_response_handler(p->pipe->ctx, on_pipe_response, p) == 0;
     if (p->logs == NULL || p->ents == NULL ||
-        craft__thread_start(&p->decode_thread, "craft-decode", decode_main, p) != 0) {
+        (!push &&
+         craft__thread_start(&p->decode_thread, "craft-decode", decode_main, p) != 0)) {
         free(p->logs);
         free(p->ents);
         p->logs = NULL;
@@ -467,7 +490,9 @@ static int run_pipeline(craft__repl_t *p)
     }
     craft__mutex_unlock(&p->mu);
     p->pipe->close(p->pipe->ctx);
-    craft__thread_join(&p->decode_thread);
+    if (!push) {
+        craft__thread_join(&p->decode_thread);
+    }
     p->pipe->free(p->pipe->ctx);
     p->pipe = NULL;
     free(p->logs);

@@ -684,6 +684,10 @@ struct pipeline {
     bool closed;
     call_t *inflight; /* the worker's call, so close can cancel it */
     pthread_t worker;
+    /* Response callback (set_response_handler), or NULL: next_response. */
+    craft_pipeline_response_fn fn;
+    void *fn_arg;
+    bool in_fn; /* the worker is inside fn */
 
     pipeline_t *prev; /* in t->pipelines, under t->mu */
     pipeline_t *next;
@@ -838,6 +842,8 @@ static void pl_item_free(pl_item_t *it)
     free(it);
 }
 
+static struct pl_item *pipeline_pop(pipeline_t *p);
+
 static void *pipeline_worker(void *arg)
 {
     pipeline_t *p = arg;
@@ -860,7 +866,20 @@ static void *pipeline_worker(void *arg)
                                 &it->req, &resp, NULL, p->t->timeout_ms, p);
 
         pthread_mutex_lock(&p->mu);
-        if (it->abandoned) {
+        if (p->fn != NULL) {
+            /* Requests are sent one at a time in order: `it` is the head.
+             * Delivered even while closing (close waits for it). */
+            pipeline_pop(p);
+            if (p->next_to_send == it) {
+                p->next_to_send = it->next;
+            }
+            p->in_fn = true;
+            pthread_mutex_unlock(&p->mu);
+            p->fn(p->fn_arg, err, err == 0 ? &resp : NULL, it->tag);
+            pl_item_free(it);
+            pthread_mutex_lock(&p->mu);
+            p->in_fn = false;
+        } else if (it->abandoned) {
             pl_item_free(it);
         } else {
             it->err = err;
@@ -918,7 +937,7 @@ static int pipeline_append_entries(void *ctx, const craft_append_entries_req_t *
 }
 
 /* Removes the oldest item; called with p->mu held. */
-static pl_item_t *pipeline_pop(pipeline_t *p)
+static struct pl_item *pipeline_pop(pipeline_t *p)
 {
     pl_item_t *it = p->head;
     p->head = it->next;
@@ -938,6 +957,10 @@ static int pipeline_next_response(void *ctx, craft_append_entries_resp_t *resp,
         return CRAFT_EINVAL;
     }
     pthread_mutex_lock(&p->mu);
+    if (p->fn != NULL) {
+        pthread_mutex_unlock(&p->mu);
+        return CRAFT_EINVAL; /* responses go to the callback */
+    }
     for (;;) {
         if (p->closed) {
             /* Closed: drain the remaining requests, in order, as failed
@@ -987,7 +1010,44 @@ static void pipeline_close(void *ctx)
         }
         pthread_cond_broadcast(&p->cond);
     }
+    if (p->fn == NULL) {
+        pthread_mutex_unlock(&p->mu);
+        return;
+    }
+    /* Callback mode: let the worker finish the request it is sending (its
+     * outcome is delivered), then hand back the rest as CRAFT_ECLOSED. */
+    while (p->in_fn || (p->head != NULL && p->head->state == PL_SENDING)) {
+        pthread_cond_wait(&p->cond, &p->mu);
+    }
+    pl_item_t *rest = p->head;
+    p->head = p->tail = p->next_to_send = NULL;
+    p->n_items = 0;
+    pthread_cond_broadcast(&p->cond);
     pthread_mutex_unlock(&p->mu);
+    while (rest != NULL) {
+        pl_item_t *next = rest->next;
+        p->fn(p->fn_arg, CRAFT_ECLOSED, NULL, rest->tag);
+        pl_item_free(rest);
+        rest = next;
+    }
+}
+
+static int pipeline_set_response_handler(void *ctx, craft_pipeline_response_fn fn, void *arg)
+{
+    pipeline_t *p = ctx;
+    if (fn == NULL) {
+        return CRAFT_EINVAL;
+    }
+    pthread_mutex_lock(&p->mu);
+    int rv = 0;
+    if (p->fn != NULL || p->head != NULL || p->closed) {
+        rv = p->closed ? CRAFT_ECLOSED : CRAFT_EINVAL; /* once, before any request */
+    } else {
+        p->fn = fn;
+        p->fn_arg = arg;
+    }
+    pthread_mutex_unlock(&p->mu);
+    return rv;
 }
 
 static void pipeline_free(void *ctx)
@@ -1057,6 +1117,7 @@ static int transport_append_entries_pipeline(void *ctx, const char *id,
     p->iface.next_response = pipeline_next_response;
     p->iface.close = pipeline_close;
     p->iface.free = pipeline_free;
+    p->iface.set_response_handler = pipeline_set_response_handler;
     transport_ref(t);
     p->t = t;
 

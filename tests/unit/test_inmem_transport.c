@@ -1403,6 +1403,147 @@ START_TEST(test_pipeline_close_outstanding)
 }
 END_TEST
 
+/* ---- pipelines with a response callback ---- */
+
+typedef struct collector {
+    pthread_mutex_t mu;
+    unsigned n;          /* calls */
+    unsigned ok, closed; /* by outcome */
+    bool in_order;       /* tags arrived as 1, 2, 3, ... */
+    bool overlapped;     /* two calls at once */
+    bool inside;
+    uint64_t last_log_sum;
+} collector_t;
+
+static void collect(void *arg, int err, const craft_append_entries_resp_t *resp, void *tag)
+{
+    collector_t *c = arg;
+    pthread_mutex_lock(&c->mu);
+    if (c->inside) {
+        c->overlapped = true;
+    }
+    c->inside = true;
+    c->n++;
+    if ((uintptr_t)tag != c->n) {
+        c->in_order = false;
+    }
+    if (err == 0) {
+        c->ok++;
+        c->last_log_sum += resp->last_log;
+    } else if (err == CRAFT_ECLOSED && resp == NULL) {
+        c->closed++;
+    }
+    c->inside = false;
+    pthread_mutex_unlock(&c->mu);
+}
+
+static bool collected(void *arg)
+{
+    collector_t *c = arg;
+    pthread_mutex_lock(&c->mu);
+    bool done = c->n >= PIPE_N;
+    pthread_mutex_unlock(&c->mu);
+    return done;
+}
+
+/* Every response reaches the callback once, in order, one call at a time;
+ * next_response is refused; the handler is installed once. */
+START_TEST(test_pipeline_callback_order)
+{
+    craft_transport_t *a = new_transport("a", LONG_MS);
+    craft_transport_t *b = new_transport("b", LONG_MS);
+    responder_t srv;
+    responder_start(&srv, "node-b");
+    b->set_rpc_handler(b->ctx, inbox_handler, &srv.inbox);
+    craft_inmem_transport_connect(a, b);
+
+    craft_pipeline_t *pl = NULL;
+    ck_assert_int_eq(a->append_entries_pipeline(a->ctx, "b", "b", &pl), 0);
+    ck_assert(pl->set_response_handler != NULL);
+    collector_t c = {.in_order = true};
+    pthread_mutex_init(&c.mu, NULL);
+    ck_assert_int_eq(pl->set_response_handler(pl->ctx, NULL, &c), CRAFT_EINVAL);
+    ck_assert_int_eq(pl->set_response_handler(pl->ctx, collect, &c), 0);
+    ck_assert_int_eq(pl->set_response_handler(pl->ctx, collect, &c), CRAFT_EINVAL);
+    sender_t s = {.pl = pl, .n = PIPE_N};
+    atomic_init(&s.sent, 0);
+    pthread_t th;
+    ck_assert_int_eq(pthread_create(&th, NULL, sender_main, &s), 0);
+    ck_assert(tu_wait_for(collected, &c, WAIT_MS));
+    pthread_join(th, NULL);
+    ck_assert_int_eq(s.last_rv, 0);
+    craft_append_entries_resp_t r;
+    void *tag = NULL;
+    ck_assert_int_eq(pl->next_response(pl->ctx, &r, &tag), CRAFT_EINVAL);
+    pl->close(pl->ctx);
+    pl->free(pl->ctx);
+    ck_assert_uint_eq(c.n, PIPE_N);
+    ck_assert_uint_eq(c.ok, PIPE_N);
+    ck_assert(c.in_order);
+    ck_assert(!c.overlapped);
+    uint64_t want = 0;
+    for (unsigned i = 0; i < PIPE_N; i++) {
+        want += i + i % 4;
+    }
+    ck_assert_uint_eq(c.last_log_sum, want);
+    pthread_mutex_destroy(&c.mu);
+
+    b->set_rpc_handler(b->ctx, NULL, NULL);
+    responder_stop(&srv);
+    a->close(a->ctx);
+    b->close(b->ctx);
+}
+END_TEST
+
+/* close() hands every outstanding request back as CRAFT_ECLOSED, in order,
+ * before it returns; nothing is delivered afterwards. */
+START_TEST(test_pipeline_callback_close)
+{
+    craft_transport_t *a = new_transport("a", LONG_MS);
+    craft_transport_t *b = new_transport("b", LONG_MS);
+    inbox_t ib;
+    inbox_init(&ib); /* never answers before close */
+    b->set_rpc_handler(b->ctx, inbox_handler, &ib);
+    craft_inmem_transport_connect(a, b);
+    craft_pipeline_t *pl = NULL;
+    ck_assert_int_eq(a->append_entries_pipeline(a->ctx, "b", "b", &pl), 0);
+    collector_t c = {.in_order = true};
+    pthread_mutex_init(&c.mu, NULL);
+    ck_assert_int_eq(pl->set_response_handler(pl->ctx, collect, &c), 0);
+
+    sender_t s = {.pl = pl, .n = WINDOW};
+    atomic_init(&s.sent, 0);
+    pthread_t sth;
+    ck_assert_int_eq(pthread_create(&sth, NULL, sender_main, &s), 0);
+    sent_count_t full = {&s, WINDOW};
+    ck_assert(tu_wait_for(sent_reached, &full, WAIT_MS));
+    pthread_join(sth, NULL);
+    wait_received(&ib, 1); /* request 1 is in flight */
+
+    pl->close(pl->ctx);
+    pthread_mutex_lock(&c.mu);
+    ck_assert_uint_eq(c.n, WINDOW);
+    ck_assert_uint_eq(c.closed + c.ok, WINDOW);
+    ck_assert_uint_eq(c.ok, 0);
+    ck_assert(c.in_order);
+    pthread_mutex_unlock(&c.mu);
+    pl->close(pl->ctx); /* idempotent */
+    pl->free(pl->ctx);
+
+    /* The in-flight request is answered after the pipeline is gone. */
+    craft_rpc_t *rpc = inbox_pop(&ib, WAIT_MS);
+    ck_assert_ptr_nonnull(rpc);
+    rpc->respond(rpc, 0);
+    ck_assert_uint_eq(c.n, WINDOW);
+    pthread_mutex_destroy(&c.mu);
+
+    b->set_rpc_handler(b->ctx, NULL, NULL);
+    inbox_destroy(&ib);
+    a->close(a->ctx);
+    b->close(b->ctx);
+}
+END_TEST
+
 /* Closing the transport closes its pipelines; the pipeline outlives it. */
 START_TEST(test_pipeline_transport_close)
 {
@@ -1584,6 +1725,8 @@ static Suite *inmem_transport_suite(void)
     tcase_add_test(pipe, test_pipeline_window_blocks);
     tcase_add_test(pipe, test_pipeline_close_outstanding);
     tcase_add_test(pipe, test_pipeline_transport_close);
+    tcase_add_test(pipe, test_pipeline_callback_order);
+    tcase_add_test(pipe, test_pipeline_callback_close);
     suite_add_tcase(s, pipe);
     return s;
 }
