@@ -222,6 +222,22 @@ struct conn {
     in_state_t state;
     in_rpc_t *rpc;
     int64_t drain_left;
+
+    /* Direct writes. A thread holding wmu may write to wfd itself when
+     * nothing waits to go out before its bytes. Other threads reach a
+     * connection only through a pointer published under mu
+     * (pipeline->wconn, in_rpc->conn) and lock wmu before releasing mu;
+     * conn_close clears those pointers, then takes wmu once before the
+     * socket is closed and the memory freed. */
+    pthread_mutex_t wmu;
+    struct event *flush; /* activated to move `wrest` into the output */
+    /* Under wmu. */
+    bool wopen;     /* connected and not closing */
+    bool wbusy;     /* bytes wait in the output buffer or in wrest */
+    int wfd;
+    uint8_t *wrest; /* a frame another thread could not write whole */
+    size_t wrest_off;
+    size_t wrest_len;
 };
 
 /* Idle pooled connections to one address (loop thread only). */
@@ -281,7 +297,9 @@ struct in_rpc {
     conn_t *conn; /* NULL once the connection is gone */
     int conn_err; /* why it is gone */
     bool responded;
-    bool paused;  /* the loop stopped reading: queue full */
+    bool answered; /* the consumer wrote the response itself */
+    bool kick;     /* the loop holds input: wake it when answered */
+    bool paused;   /* the loop stopped reading: queue full */
     uint8_t *resp_frame;
     size_t resp_len;
     struct evbuffer *queue; /* snapshot bytes not yet read */
@@ -323,6 +341,7 @@ struct pipeline {
     bool ready;
     bool closed;
     int broken; /* 0 or the error that broke the connection */
+    conn_t *wconn; /* the connection callers may write to (see conn) */
     craft__wire_response_t last_resp; /* strings of the last next_response */
     pipeline_t *prev;                 /* in t->pipelines */
     pipeline_t *next;
@@ -381,13 +400,7 @@ static bool cond_wait_until(pthread_cond_t *c, pthread_mutex_t *mu,
     return pthread_cond_timedwait(c, mu, &ts) != ETIMEDOUT;
 }
 
-static void free_cleanup(const void *data, size_t len, void *extra)
-{
-    (void)len;
-    (void)extra;
-    free((void *)data);
-}
-
+/* Frees `extra`: the start of an allocation handed over from within. */
 static void chunk_cleanup(const void *data, size_t len, void *extra)
 {
     (void)data;
@@ -821,7 +834,112 @@ static void set_nodelay(struct bufferevent *bev)
     }
 }
 
+/* Sends what the socket takes at once: the number of bytes written. On a
+ * failure nothing is written; the bytes then go through the output buffer,
+ * whose write reports the error to the loop. */
+static size_t send_now(int fd, const uint8_t *data, size_t len)
+{
+    ssize_t n;
+    do {
+        n = send(fd, data, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    } while (n < 0 && errno == EINTR);
+    return n > 0 ? (size_t)n : 0;
+}
+
+/* Moves the tail of a frame another thread could not write into the
+ * output buffer, ahead of anything the loop adds. Loop thread, wmu held. */
+static int conn_flush_locked(conn_t *c)
+{
+    uint8_t *rest = c->wrest;
+    if (rest == NULL) {
+        return 0;
+    }
+    c->wrest = NULL;
+    if (evbuffer_add_reference(bufferevent_get_output(c->bev), rest + c->wrest_off,
+                               c->wrest_len - c->wrest_off, chunk_cleanup,
+                               rest) != 0) {
+        free(rest);
+        return CRAFT_ENOMEM;
+    }
+    return 0;
+}
+
+/* Writes `len` bytes at `data` on `c`: to the socket at once when nothing
+ * waits before them (no epoll round for EPOLLOUT), the rest through the
+ * output buffer. `owned`: `data` is an allocation that passes to us (else
+ * the rest is copied). Loop thread. 0 or CRAFT_ENOMEM (the caller closes
+ * the connection). */
+static int conn_write(conn_t *c, const uint8_t *data, size_t len, bool owned)
+{
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    pthread_mutex_lock(&c->wmu);
+    int rv = conn_flush_locked(c);
+    size_t n = 0;
+    if (rv == 0 && c->wopen && evbuffer_get_length(out) == 0) {
+        n = send_now(c->wfd, data, len);
+    }
+    if (rv == 0 && n < len) {
+        if (owned) {
+            rv = evbuffer_add_reference(out, data + n, len - n, chunk_cleanup,
+                                        (void *)data);
+            owned = rv != 0;
+        } else {
+            rv = evbuffer_add(out, data + n, len - n);
+        }
+        rv = rv != 0 ? CRAFT_ENOMEM : 0;
+    }
+    c->wbusy = evbuffer_get_length(out) > 0;
+    pthread_mutex_unlock(&c->wmu);
+    if (owned) {
+        free((void *)data);
+    }
+    return rv;
+}
+
+/* Writes `frame` (ownership passes) on `c` from a thread other than the
+ * loop; what the socket does not take is left to the loop. wmu held,
+ * c->wopen and nothing waiting (!c->wbusy). */
+static void conn_write_direct_locked(conn_t *c, uint8_t *frame, size_t len)
+{
+    size_t n = send_now(c->wfd, frame, len);
+    if (n == len) {
+        free(frame);
+        return;
+    }
+    c->wrest = frame;
+    c->wrest_off = n;
+    c->wrest_len = len;
+    c->wbusy = true;
+    event_active(c->flush, EV_WRITE, 0);
+}
+
+/* The `flush` event: a direct write left a tail. */
+static void conn_flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    conn_t *c = arg;
+    pthread_mutex_lock(&c->wmu);
+    int rv = conn_flush_locked(c);
+    pthread_mutex_unlock(&c->wmu);
+    if (rv != 0) {
+        conn_close(c, rv);
+    }
+}
+
+/* libevent wrote from the output: direct writes resume once it is empty. */
+static void conn_on_written(conn_t *c)
+{
+    if (evbuffer_get_length(bufferevent_get_output(c->bev)) > 0) {
+        return;
+    }
+    pthread_mutex_lock(&c->wmu);
+    c->wbusy = c->wrest != NULL;
+    pthread_mutex_unlock(&c->wmu);
+}
+
 static void in_read_cb(struct bufferevent *bev, void *arg);
+static void in_write_cb(struct bufferevent *bev, void *arg);
 static void in_event_cb(struct bufferevent *bev, short what, void *arg);
 static void in_timer_cb(evutil_socket_t fd, short what, void *arg);
 static void out_read_cb(struct bufferevent *bev, void *arg);
@@ -838,7 +956,15 @@ static conn_t *conn_new(tcp_t *t, struct bufferevent *bev, bool inbound)
         return NULL;
     }
     c->timer = evtimer_new(t->base, inbound ? in_timer_cb : out_timer_cb, c);
-    if (c->timer == NULL) {
+    c->flush = event_new(t->base, -1, 0, conn_flush_cb, c);
+    if (c->timer == NULL || c->flush == NULL ||
+        pthread_mutex_init(&c->wmu, NULL) != 0) {
+        if (c->timer != NULL) {
+            event_free(c->timer);
+        }
+        if (c->flush != NULL) {
+            event_free(c->flush);
+        }
         bufferevent_free(bev);
         free(c);
         return NULL;
@@ -846,9 +972,11 @@ static conn_t *conn_new(tcp_t *t, struct bufferevent *bev, bool inbound)
     c->t = t;
     c->bev = bev;
     c->inbound = inbound;
+    c->wfd = bufferevent_getfd(bev);
+    c->wopen = inbound; /* outbound: once connected */
     craft__wire_decoder_init(&c->dec, &t->limits);
     if (inbound) {
-        bufferevent_setcb(bev, in_read_cb, NULL, in_event_cb, c);
+        bufferevent_setcb(bev, in_read_cb, in_write_cb, in_event_cb, c);
     } else {
         bufferevent_setcb(bev, out_read_cb, out_write_cb, out_event_cb, c);
     }
@@ -975,11 +1103,11 @@ static void send_shutdown_error(conn_t *c)
         /* The bufferevent's output is frozen for anyone but itself: write
          * directly, and only when nothing else is queued (order). */
         struct evbuffer *out = bufferevent_get_output(c->bev);
-        evutil_socket_t fd = bufferevent_getfd(c->bev);
-        if (evbuffer_get_length(out) == 0 && fd >= 0) {
-            ssize_t n = send(fd, b.data, b.len, MSG_NOSIGNAL | MSG_DONTWAIT);
-            (void)n; /* best effort */
+        pthread_mutex_lock(&c->wmu);
+        if (c->wopen && !c->wbusy && evbuffer_get_length(out) == 0) {
+            (void)send_now(c->wfd, b.data, b.len); /* best effort */
         }
+        pthread_mutex_unlock(&c->wmu);
     }
     craft__mp_buf_free(&b);
 }
@@ -1027,16 +1155,17 @@ static void conn_close(conn_t *c, int err)
     }
     if (c->rpc != NULL) {
         in_rpc_t *rpc = c->rpc;
-        if (t->stopping) {
-            send_shutdown_error(c);
-        }
-        c->rpc = NULL;
         pthread_mutex_lock(&t->mu);
+        bool answered = rpc->answered; /* the response is out already */
         rpc->conn = NULL;
         rpc->conn_err = err;
         pthread_cond_broadcast(&rpc->cond);
         bool last = --rpc->refs == 0;
         pthread_mutex_unlock(&t->mu);
+        if (t->stopping && !answered) {
+            send_shutdown_error(c);
+        }
+        c->rpc = NULL;
         if (last) {
             rpc_free(rpc);
         }
@@ -1059,8 +1188,16 @@ static void conn_close(conn_t *c, int err)
         t->stats.outbound_open--;
     }
     pthread_mutex_unlock(&t->mu);
+    /* No other thread can reach `c` any more; wait for one writing. */
+    pthread_mutex_lock(&c->wmu);
+    c->wopen = false;
+    free(c->wrest);
+    c->wrest = NULL;
+    pthread_mutex_unlock(&c->wmu);
+    event_free(c->flush);
     event_free(c->timer);
     bufferevent_free(c->bev);
+    pthread_mutex_destroy(&c->wmu);
     free(c->in.p);
     free(c);
 }
@@ -1161,7 +1298,7 @@ static void call_connect(tcp_t *t, out_call_t *call, bool allow_pool)
     if (call->type == CRAFT_RPC_INSTALL_SNAPSHOT) {
         bufferevent_setwatermark(c->bev, EV_WRITE, SNAP_OUT_LIMIT / 2, 0);
     }
-    if (bufferevent_write(c->bev, call->frame, call->frame_len) != 0) {
+    if (conn_write(c, call->frame, call->frame_len, false) != 0) {
         conn_close(c, CRAFT_ENOMEM);
         return;
     }
@@ -1279,6 +1416,7 @@ static void pipe_break(tcp_t *t, pipeline_t *p, int err)
     if (p->broken == 0) {
         p->broken = err != 0 ? err : CRAFT_EIO;
     }
+    p->wconn = NULL;
     for (pl_item_t *it = p->head; it != NULL; it = it->next) {
         if (it->state != PL_DONE) {
             it->state = PL_DONE;
@@ -1293,11 +1431,16 @@ static void pipe_ready(tcp_t *t, pipeline_t *p)
 {
     pthread_mutex_lock(&t->mu);
     p->ready = true;
+    p->wconn = p->conn;
     pthread_cond_broadcast(&p->cond);
     pthread_mutex_unlock(&t->mu);
 }
 
-static void pipe_arm_timer(tcp_t *t, conn_t *c)
+/* Arms the timer of a pipeline's connection for the response deadline of
+ * the oldest request in flight, or one timeout from now when none is: it
+ * stays armed, since callers write requests without the loop's knowledge
+ * (a request sent later is due later). false when the deadline passed. */
+static bool pipe_arm_timer(tcp_t *t, conn_t *c)
 {
     pipeline_t *p = c->pipe;
     int64_t oldest = -1;
@@ -1309,13 +1452,17 @@ static void pipe_arm_timer(tcp_t *t, conn_t *c)
         }
     }
     pthread_mutex_unlock(&t->mu);
-    if (oldest < 0) {
-        evtimer_del(c->timer);
-        return;
+    int64_t now = now_ns();
+    int64_t due = (oldest >= 0 ? oldest : now) + t->opts.timeout_ms * 1000000;
+    if (due <= now) {
+        return false;
     }
-    int64_t left_ms = (oldest + t->opts.timeout_ms * 1000000 - now_ns()) / 1000000;
-    struct timeval tv = tv_of_ms(left_ms > 0 ? left_ms : 0);
+    int64_t left_us = (due - now + 999) / 1000;
+    struct timeval tv;
+    tv.tv_sec = (time_t)(left_us / 1000000);
+    tv.tv_usec = (suseconds_t)(left_us % 1000000);
     evtimer_add(c->timer, &tv);
+    return true;
 }
 
 static void pipe_start(tcp_t *t, pipeline_t *p)
@@ -1348,6 +1495,7 @@ static void pipe_start(tcp_t *t, pipeline_t *p)
     c->need = 0;
     craft__wire_decoder_reset(&c->dec);
     p->conn = c;
+    pipe_arm_timer(t, c);
     if (pooled) {
         pipe_ready(t, p);
     }
@@ -1359,29 +1507,25 @@ static void pipe_send(tcp_t *t, pipeline_t *p)
     if (c == NULL) {
         return; /* broken or closed: the requests already failed */
     }
-    struct evbuffer *out = bufferevent_get_output(c->bev);
     int rv = 0;
     int64_t now = now_ns();
+    /* mu held while writing: a caller must not write directly between
+     * these requests (see pipe_append_entries). */
     pthread_mutex_lock(&t->mu);
-    for (pl_item_t *it = p->head; it != NULL; it = it->next) {
+    for (pl_item_t *it = p->head; it != NULL && rv == 0; it = it->next) {
         if (it->state != PL_QUEUED) {
             continue;
         }
-        if (evbuffer_add_reference(out, it->frame, it->frame_len, free_cleanup,
-                                   NULL) != 0) {
-            rv = CRAFT_ENOMEM;
-            break;
-        }
-        it->frame = NULL; /* the buffer frees it */
+        uint8_t *frame = it->frame;
+        it->frame = NULL;
         it->state = PL_SENT;
         it->sent_ns = now;
+        rv = conn_write(c, frame, it->frame_len, true);
     }
     pthread_mutex_unlock(&t->mu);
     if (rv != 0) {
         conn_close(c, rv);
-        return;
     }
-    pipe_arm_timer(t, c);
 }
 
 static void pipe_on_read(tcp_t *t, conn_t *c)
@@ -1428,7 +1572,6 @@ static void pipe_on_read(tcp_t *t, conn_t *c)
             return;
         }
     }
-    pipe_arm_timer(t, c);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1459,6 +1602,7 @@ static void out_write_cb(struct bufferevent *bev, void *arg)
     conn_t *c = arg;
     tcp_t *t = c->t;
     out_call_t *call = c->call;
+    conn_on_written(c);
     if (call == NULL || call->type != CRAFT_RPC_INSTALL_SNAPSHOT) {
         return;
     }
@@ -1475,6 +1619,10 @@ static void out_event_cb(struct bufferevent *bev, short what, void *arg)
     if (what & BEV_EVENT_CONNECTED) {
         c->connected = true;
         set_nodelay(bev);
+        pthread_mutex_lock(&c->wmu);
+        c->wfd = bufferevent_getfd(bev);
+        c->wopen = true;
+        pthread_mutex_unlock(&c->wmu);
         if (c->pipe != NULL) {
             pipe_ready(t, c->pipe);
         }
@@ -1499,7 +1647,7 @@ static void out_timer_cb(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     conn_t *c = arg;
-    if (c->pipe != NULL) {
+    if (c->pipe != NULL && !pipe_arm_timer(c->t, c)) {
         CRAFT__WARN(&c->t->log, COMPONENT, "pipeline response timed out: target=%s",
                     c->name);
         conn_close(c, CRAFT_ETIMEDOUT);
@@ -1534,7 +1682,8 @@ static void in_update(conn_t *c)
     case IN_AWAITING:
         want_read = evbuffer_get_length(bufferevent_get_input(c->bev)) + c->in.len <
                     READ_AHEAD;
-        want_timer = false; /* the consumer's time does not count */
+        /* The consumer's time does not count: the timer only looks for a
+         * response written directly (in_timer_cb). */
         break;
     }
     set_reading(c, want_read);
@@ -1682,6 +1831,38 @@ static bool in_feed_snapshot(conn_t *c)
     return true;
 }
 
+/* Whether the consumer wrote the response to the rpc in progress itself
+ * (in_rpc_respond); then the connection moves on to the next request.
+ * Otherwise notes whether the consumer must wake the loop when it does:
+ * only when input is buffered, since new input, EOF and the timer bring
+ * the loop back here anyway. */
+static bool in_answered(conn_t *c)
+{
+    tcp_t *t = c->t;
+    in_rpc_t *rpc = c->rpc;
+    size_t buffered = c->in.len + evbuffer_get_length(bufferevent_get_input(c->bev));
+    pthread_mutex_lock(&t->mu);
+    bool answered = rpc->answered;
+    bool last = false;
+    if (answered) {
+        rpc->conn = NULL;
+        rpc->conn_err = CRAFT_ECLOSED;
+        last = --rpc->refs == 0; /* the connection's */
+    } else {
+        rpc->kick = buffered > 0;
+    }
+    pthread_mutex_unlock(&t->mu);
+    if (!answered) {
+        return false;
+    }
+    if (last) {
+        rpc_free(rpc);
+    }
+    c->rpc = NULL;
+    c->state = IN_DECODING;
+    return true;
+}
+
 /* Runs the inbound state machine as far as the buffered bytes allow. */
 static void in_process(conn_t *c)
 {
@@ -1736,8 +1917,11 @@ static void in_process(conn_t *c)
             }
             break;
         case IN_AWAITING:
-            in_update(c);
-            return;
+            if (!in_answered(c)) {
+                in_update(c);
+                return;
+            }
+            break;
         case IN_DRAINING: {
             size_t n = c->in.len;
             if ((int64_t)n > c->drain_left) {
@@ -1768,6 +1952,12 @@ static void in_read_cb(struct bufferevent *bev, void *arg)
     in_process(arg);
 }
 
+static void in_write_cb(struct bufferevent *bev, void *arg)
+{
+    (void)bev;
+    conn_on_written(arg);
+}
+
 static void in_event_cb(struct bufferevent *bev, short what, void *arg)
 {
     (void)bev;
@@ -1792,6 +1982,12 @@ static void in_timer_cb(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     conn_t *c = arg;
+    if (c->state == IN_AWAITING) {
+        /* Moves on if the response was written directly, else re-arms. An
+         * idle connection is thus closed within two idle timeouts. */
+        in_process(c);
+        return;
+    }
     if (c->state == IN_DECODING && c->in.len == 0) {
         CRAFT__DEBUG(&c->t->log, COMPONENT, "closing idle inbound connection: peer=%s",
                      c->name);
@@ -1840,6 +2036,7 @@ static void rpc_respond_task(tcp_t *t, in_rpc_t *rpc)
 {
     pthread_mutex_lock(&t->mu);
     conn_t *c = rpc->conn;
+    bool answered = rpc->answered;
     uint8_t *frame = rpc->resp_frame;
     size_t len = rpc->resp_len;
     rpc->resp_frame = NULL;
@@ -1851,13 +2048,15 @@ static void rpc_respond_task(tcp_t *t, in_rpc_t *rpc)
         free(frame);
         return;
     }
+    if (answered) {
+        in_process(c); /* written by the consumer: on to buffered input */
+        return;
+    }
     if (frame == NULL) {
         conn_reject(c, "out of memory encoding a response");
         return;
     }
-    if (evbuffer_add_reference(bufferevent_get_output(c->bev), frame, len,
-                               free_cleanup, NULL) != 0) {
-        free(frame);
+    if (conn_write(c, frame, len, true) != 0) {
         conn_reject(c, "out of memory");
         return;
     }
@@ -1891,7 +2090,8 @@ static void rpc_resume_task(tcp_t *t, in_rpc_t *rpc)
 /* Incoming (consumer side)                                                  */
 /* ------------------------------------------------------------------------ */
 
-/* rpc->respond: encodes on the consumer's thread, writes on the loop's. */
+/* rpc->respond: encodes on the consumer's thread and writes there too when
+ * nothing waits to go out before the response; else the loop writes it. */
 static void in_rpc_respond(craft_rpc_t *r, int err)
 {
     in_rpc_t *rpc = (in_rpc_t *)(void *)r;
@@ -1919,15 +2119,40 @@ static void in_rpc_respond(craft_rpc_t *r, int err)
     }
     rpc->responded = true;
     pthread_cond_broadcast(&rpc->cond); /* the reader is no longer valid */
-    /* frame == NULL (out of memory): the loop drops the connection rather
-     * than answer out of order. */
-    rpc->resp_frame = frame;
-    rpc->resp_len = len;
-    if (rpc->conn != NULL && post_locked(t, &rpc->respond_task) == 1) {
-        rpc->refs++;
+    /* Snapshot rpcs go through the loop: it discards unread data. */
+    conn_t *c = rpc->conn;
+    bool direct = false;
+    if (c != NULL && frame != NULL && rpc->queue == NULL) {
+        pthread_mutex_lock(&c->wmu);
+        direct = c->wopen && !c->wbusy;
+        if (!direct) {
+            pthread_mutex_unlock(&c->wmu);
+        }
+    }
+    if (direct) {
+        /* The loop moves on when it next looks at the connection; now if
+         * it holds the next request already. */
+        rpc->answered = true;
+        if (rpc->kick && post_locked(t, &rpc->respond_task) == 1) {
+            rpc->refs++;
+        }
+    } else {
+        /* frame == NULL (out of memory): the loop drops the connection
+         * rather than answer out of order. */
+        rpc->resp_frame = frame;
+        rpc->resp_len = len;
+        if (c != NULL && post_locked(t, &rpc->respond_task) == 1) {
+            rpc->refs++;
+        }
     }
     bool last = --rpc->refs == 0; /* the consumer's */
     pthread_mutex_unlock(&t->mu);
+    if (direct) {
+        /* wmu held since before `answered` was set: the connection stays
+         * open and the next response waits for this one. */
+        conn_write_direct_locked(c, frame, len);
+        pthread_mutex_unlock(&c->wmu);
+    }
     if (last) {
         rpc_free(rpc);
     }
@@ -2469,14 +2694,36 @@ static int pipe_append_entries(void *ctx, const craft_append_entries_req_t *req,
         pl_item_free(it);
         return rv;
     }
-    int posted = post_locked(t, &p->send_task);
-    if (posted < 0) {
-        pthread_mutex_unlock(&t->mu);
-        pl_item_free(it);
-        return CRAFT_ECLOSED;
+    /* Written from this thread when the connection is up and nothing
+     * waits before this request: neither queued requests (pipe_send
+     * writes them all under mu) nor bytes in the connection's output. */
+    conn_t *c = p->wconn;
+    bool direct = false;
+    if (c != NULL && (p->tail == NULL || p->tail->state != PL_QUEUED)) {
+        pthread_mutex_lock(&c->wmu);
+        direct = c->wopen && !c->wbusy;
+        if (!direct) {
+            pthread_mutex_unlock(&c->wmu);
+        }
     }
-    if (posted == 1) {
-        p->refs++;
+    uint8_t *frame = NULL;
+    size_t len = it->frame_len;
+    if (direct) {
+        /* Sent before mu is released: the response may arrive at once. */
+        it->state = PL_SENT;
+        it->sent_ns = now_ns();
+        frame = it->frame;
+        it->frame = NULL;
+    } else {
+        int posted = post_locked(t, &p->send_task);
+        if (posted < 0) {
+            pthread_mutex_unlock(&t->mu);
+            pl_item_free(it);
+            return CRAFT_ECLOSED;
+        }
+        if (posted == 1) {
+            p->refs++;
+        }
     }
     if (p->tail != NULL) {
         p->tail->next = it;
@@ -2486,6 +2733,10 @@ static int pipe_append_entries(void *ctx, const craft_append_entries_req_t *req,
     p->tail = it;
     p->n_items++;
     pthread_mutex_unlock(&t->mu);
+    if (direct) {
+        conn_write_direct_locked(c, frame, len);
+        pthread_mutex_unlock(&c->wmu);
+    }
     return 0;
 }
 
