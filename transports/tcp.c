@@ -342,7 +342,8 @@ struct pipeline {
     bool closed;
     int broken; /* 0 or the error that broke the connection */
     conn_t *wconn; /* the connection callers may write to (see conn) */
-    craft__wire_response_t last_resp; /* strings of the last next_response */
+    /* Strings of the last next_response; next_response's thread only. */
+    craft__wire_response_t last_resp;
     pipeline_t *prev;                 /* in t->pipelines */
     pipeline_t *next;
 
@@ -1560,10 +1561,13 @@ static void pipe_on_read(tcp_t *t, conn_t *c)
             it->state = PL_DONE;
             it->err = resp.error != NULL ? map_peer_error(resp.error) : 0;
             it->resp = resp;
-            pthread_cond_broadcast(&p->cond);
         }
         pthread_mutex_unlock(&t->mu);
-        if (it == NULL) {
+        if (it != NULL) {
+            /* After unlocking: the woken thread would block on mu at once.
+             * The connection's reference keeps `p`. */
+            pthread_cond_broadcast(&p->cond);
+        } else {
             craft__wire_response_free(&resp);
             CRAFT__WARN(&t->log, COMPONENT,
                         "pipeline response without a request: target=%s",
@@ -2749,7 +2753,6 @@ static pl_item_t *pipe_pop_locked(pipeline_t *p)
         p->tail = NULL;
     }
     p->n_items--;
-    pthread_cond_broadcast(&p->cond); /* room in the window */
     return it;
 }
 
@@ -2763,8 +2766,8 @@ static int pipe_next_response(void *ctx, craft_append_entries_resp_t *resp,
     }
     int rv;
     pl_item_t *done = NULL;
+    craft__wire_response_free(&p->last_resp); /* the caller's thread only */
     pthread_mutex_lock(&t->mu);
-    craft__wire_response_free(&p->last_resp);
     for (;;) {
         pl_item_t *it = p->head;
         if (p->closed) {
@@ -2792,6 +2795,7 @@ static int pipe_next_response(void *ctx, craft_append_entries_resp_t *resp,
     }
     pthread_mutex_unlock(&t->mu);
     if (done != NULL) {
+        pthread_cond_broadcast(&p->cond); /* room in the window */
         pl_item_free(done);
     }
     return rv;
