@@ -6,7 +6,10 @@
  * ------
  * One loop thread owns the event_base, the listener and every bufferevent
  * (no bufferevent is touched by another thread, so none needs its own
- * lock). Other threads hand work to it as tasks: small nodes embedded in
+ * lock). A connection's bufferevent writes and connects; the loop reads the
+ * socket itself, straight into the connection's linear buffer (libevent
+ * would ask FIONREAD before every read and copy through its own buffer).
+ * Other threads hand work to the loop as tasks: small nodes embedded in
  * the object they concern (a call, a pipeline, an incoming rpc), appended
  * under the transport mutex `mu` to one FIFO; the first task of a batch
  * activates the `wakeup` user event (event_active is thread-safe once
@@ -22,6 +25,14 @@
  * transport itself is reference counted (atomically) by its owner and by
  * every object that may outlive close().
  *
+ * Direct writes. Every thread wake-up costs more than the syscalls around
+ * it, so frames are written by whichever thread has them, at once: the
+ * loop with send() when the output buffer is empty (no EPOLLOUT round), a
+ * pipeline's caller or an rpc's responder under the connection's `wmu`
+ * when nothing waits to go out before its frame (the loop is not woken at
+ * all). What the socket does not take goes through the output buffer, in
+ * order (see struct conn).
+ *
  * Outgoing. The caller encodes its request, registers an out_call in
  * t->calls and posts CALL_START; the loop takes an idle pooled connection or
  * dials and writes the frame. The caller waits on the call's condvar until
@@ -32,20 +43,28 @@
  * socket's output buffer; the output buffer's low watermark tells the
  * caller when there is room again.
  *
- * Incoming. Each inbound connection is a small state machine: DECODING
- * (bytes move from the bufferevent into a linear buffer that the
- * incremental wire decoder scans), AWAITING (one request is with the
- * consumer; further bytes stay in the bufferevent up to READ_AHEAD, then
- * reading stops), SNAPSHOT (data following an InstallSnapshot moves into
- * the rpc's queue, read by the consumer's thread, at most SNAP_IN_LIMIT
- * bytes; reading stops while it is full) and DRAINING (snapshot bytes left
- * unread at respond() are discarded). respond() encodes the response on the
- * consumer's thread and posts RPC_RESPOND; the loop writes it and resumes
- * decoding, so responses go out in request order, one request at a time.
+ * Pipelines. The caller writes its request itself when it can (above),
+ * else queues it and posts PIPE_SEND. The loop matches responses to
+ * requests in order; the connection's timer stays armed and checks the
+ * oldest request in flight.
  *
- * Lock order: mu alone; libevent's base lock may be taken under mu (by
- * event_active / event_add), and libevent never calls back into this file
- * with its base lock held.
+ * Incoming. Each inbound connection is a small state machine: DECODING
+ * (the incremental wire decoder scans the linear input buffer), AWAITING
+ * (one request is with the consumer; further bytes are read up to
+ * READ_AHEAD, then reading stops), SNAPSHOT (data following an
+ * InstallSnapshot moves into the rpc's queue, read by the consumer's
+ * thread, at most SNAP_IN_LIMIT bytes; reading stops while it is full) and
+ * DRAINING (snapshot bytes left unread at respond() are discarded).
+ * respond() encodes the response on the consumer's thread and writes it
+ * there when it can; the loop notices on its next look at the connection
+ * (input, EOF, the timer, or RPC_RESPOND when it already holds the next
+ * request). Otherwise it posts RPC_RESPOND and the loop writes it. Either
+ * way the next request is decoded only after the response went out, so
+ * responses go out in request order, one request at a time.
+ *
+ * Lock order: mu, then a connection's wmu; libevent's base lock may be
+ * taken under either (by event_active / event_add), and libevent never
+ * calls back into this file with its base lock held.
  */
 #include "craft/tcp.h"
 
@@ -92,6 +111,9 @@
 #define SNAP_IN_LIMIT (1024 * 1024)
 /* Bytes an inbound connection may buffer past the request in progress. */
 #define READ_AHEAD (256 * 1024)
+/* Bytes asked of one read (more when the decoder knows it needs more). */
+#define READ_MIN (16 * 1024)
+#define READ_MAX (1024 * 1024)
 /* Linear input buffers bigger than this are released when empty. */
 #define INBUF_KEEP (256 * 1024)
 #define MAX_INTERNED 4096
@@ -197,7 +219,11 @@ typedef enum {
 /* A connection; all fields are the loop's. */
 struct conn {
     tcp_t *t;
+    /* Writes, connects and reports write errors; never reads: `rd` reads
+     * straight into `in` (libevent would ask FIONREAD before each read and
+     * copy through its input buffer). */
     struct bufferevent *bev;
+    struct event *rd;
     struct event *timer; /* inbound: idle; pipeline: response deadline */
     bool inbound;
     bool reading;
@@ -676,16 +702,9 @@ static void remember_no_prevote_locked(tcp_t *t, const char *addr)
 
 /* ---- linear input buffer ---- */
 
-/* Moves up to `max` bytes from `src` to the end of `b`. */
-static int inbuf_pull(inbuf_t *b, struct evbuffer *src, size_t max)
+/* Makes room for `n` more bytes at the end of `b`. */
+static int inbuf_reserve(inbuf_t *b, size_t n)
 {
-    size_t n = evbuffer_get_length(src);
-    if (n > max) {
-        n = max;
-    }
-    if (n == 0) {
-        return 0;
-    }
     if (b->off + b->len + n > b->cap) {
         if (b->off > 0) {
             memmove(b->p, b->p + b->off, b->len);
@@ -704,8 +723,6 @@ static int inbuf_pull(inbuf_t *b, struct evbuffer *src, size_t max)
             b->cap = cap;
         }
     }
-    evbuffer_remove(src, b->p + b->off + b->len, n);
-    b->len += n;
     return 0;
 }
 
@@ -820,9 +837,9 @@ static void set_reading(conn_t *c, bool on)
     }
     c->reading = on;
     if (on) {
-        bufferevent_enable(c->bev, EV_READ);
+        event_add(c->rd, NULL);
     } else {
-        bufferevent_disable(c->bev, EV_READ);
+        event_del(c->rd);
     }
 }
 
@@ -939,11 +956,10 @@ static void conn_on_written(conn_t *c)
     pthread_mutex_unlock(&c->wmu);
 }
 
-static void in_read_cb(struct bufferevent *bev, void *arg);
+static void conn_read_cb(evutil_socket_t fd, short what, void *arg);
 static void in_write_cb(struct bufferevent *bev, void *arg);
 static void in_event_cb(struct bufferevent *bev, short what, void *arg);
 static void in_timer_cb(evutil_socket_t fd, short what, void *arg);
-static void out_read_cb(struct bufferevent *bev, void *arg);
 static void out_write_cb(struct bufferevent *bev, void *arg);
 static void out_event_cb(struct bufferevent *bev, short what, void *arg);
 static void out_timer_cb(evutil_socket_t fd, short what, void *arg);
@@ -958,13 +974,18 @@ static conn_t *conn_new(tcp_t *t, struct bufferevent *bev, bool inbound)
     }
     c->timer = evtimer_new(t->base, inbound ? in_timer_cb : out_timer_cb, c);
     c->flush = event_new(t->base, -1, 0, conn_flush_cb, c);
-    if (c->timer == NULL || c->flush == NULL ||
+    c->rd = event_new(t->base, bufferevent_getfd(bev), EV_READ | EV_PERSIST,
+                      conn_read_cb, c);
+    if (c->timer == NULL || c->flush == NULL || c->rd == NULL ||
         pthread_mutex_init(&c->wmu, NULL) != 0) {
         if (c->timer != NULL) {
             event_free(c->timer);
         }
         if (c->flush != NULL) {
             event_free(c->flush);
+        }
+        if (c->rd != NULL) {
+            event_free(c->rd);
         }
         bufferevent_free(bev);
         free(c);
@@ -977,9 +998,9 @@ static conn_t *conn_new(tcp_t *t, struct bufferevent *bev, bool inbound)
     c->wopen = inbound; /* outbound: once connected */
     craft__wire_decoder_init(&c->dec, &t->limits);
     if (inbound) {
-        bufferevent_setcb(bev, in_read_cb, in_write_cb, in_event_cb, c);
+        bufferevent_setcb(bev, NULL, in_write_cb, in_event_cb, c);
     } else {
-        bufferevent_setcb(bev, out_read_cb, out_write_cb, out_event_cb, c);
+        bufferevent_setcb(bev, NULL, out_write_cb, out_event_cb, c);
     }
     c->next = t->conns;
     if (t->conns != NULL) {
@@ -1196,6 +1217,7 @@ static void conn_close(conn_t *c, int err)
     c->wrest = NULL;
     pthread_mutex_unlock(&c->wmu);
     event_free(c->flush);
+    event_free(c->rd);
     event_free(c->timer);
     bufferevent_free(c->bev);
     pthread_mutex_destroy(&c->wmu);
@@ -1582,14 +1604,10 @@ static void pipe_on_read(tcp_t *t, conn_t *c)
 /* Outgoing connection callbacks                                             */
 /* ------------------------------------------------------------------------ */
 
-static void out_read_cb(struct bufferevent *bev, void *arg)
+/* Bytes arrived on an outgoing connection. */
+static void out_on_read(conn_t *c)
 {
-    conn_t *c = arg;
     tcp_t *t = c->t;
-    if (inbuf_pull(&c->in, bufferevent_get_input(bev), SIZE_MAX) != 0) {
-        conn_close(c, CRAFT_ENOMEM);
-        return;
-    }
     if (c->pipe != NULL) {
         pipe_on_read(t, c);
     } else if (c->call != NULL) {
@@ -1684,8 +1702,7 @@ static void in_update(conn_t *c)
         want_timer = want_read;
         break;
     case IN_AWAITING:
-        want_read = evbuffer_get_length(bufferevent_get_input(c->bev)) + c->in.len <
-                    READ_AHEAD;
+        want_read = c->in.len < READ_AHEAD;
         /* The consumer's time does not count: the timer only looks for a
          * response written directly (in_timer_cb). */
         break;
@@ -1783,7 +1800,6 @@ static bool in_feed_snapshot(conn_t *c)
 {
     tcp_t *t = c->t;
     in_rpc_t *rpc = c->rpc;
-    struct evbuffer *input = bufferevent_get_input(c->bev);
     int rv = 0;
     pthread_mutex_lock(&t->mu);
     size_t queued = evbuffer_get_length(rpc->queue);
@@ -1800,27 +1816,12 @@ static bool in_feed_snapshot(conn_t *c)
         if (rv == 0) {
             inbuf_consume(&c->in, n1);
             rpc->to_queue -= (int64_t)n1;
-            room -= n1;
         }
     }
-    size_t n2 = evbuffer_get_length(input);
-    if (n2 > room) {
-        n2 = room;
-    }
-    if ((int64_t)n2 > rpc->to_queue) {
-        n2 = (size_t)rpc->to_queue;
-    }
-    if (rv == 0 && n2 > 0) {
-        int moved = evbuffer_remove_buffer(input, rpc->queue, n2);
-        if (moved > 0) {
-            rpc->to_queue -= moved;
-        }
-    }
-    if (n1 + n2 > 0) {
+    if (n1 > 0) {
         pthread_cond_broadcast(&rpc->cond);
     }
-    size_t held = evbuffer_get_length(rpc->queue) + evbuffer_get_length(input) +
-                  c->in.len;
+    size_t held = evbuffer_get_length(rpc->queue) + c->in.len;
     if (held > t->stats.snapshot_in_peak) {
         t->stats.snapshot_in_peak = held;
     }
@@ -1844,7 +1845,7 @@ static bool in_answered(conn_t *c)
 {
     tcp_t *t = c->t;
     in_rpc_t *rpc = c->rpc;
-    size_t buffered = c->in.len + evbuffer_get_length(bufferevent_get_input(c->bev));
+    size_t buffered = c->in.len;
     pthread_mutex_lock(&t->mu);
     bool answered = rpc->answered;
     bool last = false;
@@ -1853,7 +1854,7 @@ static bool in_answered(conn_t *c)
         rpc->conn_err = CRAFT_ECLOSED;
         last = --rpc->refs == 0; /* the connection's */
     } else {
-        rpc->kick = buffered > 0;
+        rpc->kick = buffered > 0; /* no read event will come for it */
     }
     pthread_mutex_unlock(&t->mu);
     if (!answered) {
@@ -1870,14 +1871,9 @@ static bool in_answered(conn_t *c)
 /* Runs the inbound state machine as far as the buffered bytes allow. */
 static void in_process(conn_t *c)
 {
-    struct evbuffer *input = bufferevent_get_input(c->bev);
     for (;;) {
         switch (c->state) {
         case IN_DECODING: {
-            if (inbuf_pull(&c->in, input, SIZE_MAX) != 0) {
-                conn_reject(c, "out of memory");
-                return;
-            }
             if (c->in.len == 0 || c->in.len < c->need) {
                 in_update(c);
                 return;
@@ -1933,12 +1929,6 @@ static void in_process(conn_t *c)
             }
             inbuf_consume(&c->in, n);
             c->drain_left -= (int64_t)n;
-            n = evbuffer_get_length(input);
-            if ((int64_t)n > c->drain_left) {
-                n = (size_t)c->drain_left;
-            }
-            evbuffer_drain(input, n);
-            c->drain_left -= (int64_t)n;
             if (c->drain_left > 0) {
                 in_update(c);
                 return;
@@ -1948,12 +1938,6 @@ static void in_process(conn_t *c)
         }
         }
     }
-}
-
-static void in_read_cb(struct bufferevent *bev, void *arg)
-{
-    (void)bev;
-    in_process(arg);
 }
 
 static void in_write_cb(struct bufferevent *bev, void *arg)
@@ -1999,6 +1983,55 @@ static void in_timer_cb(evutil_socket_t fd, short what, void *arg)
         return;
     }
     conn_reject(c, "timed out waiting for the rest of a request");
+}
+
+/* The socket is readable: one read straight into the linear buffer, then
+ * the connection's state machine. EOF and errors go where libevent would
+ * have reported them. */
+static void conn_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)what;
+    conn_t *c = arg;
+    size_t want = READ_MIN;
+    if (c->inbound && (c->state == IN_SNAPSHOT || c->state == IN_DRAINING)) {
+        want = SNAP_CHUNK;
+    }
+    if (c->need > c->in.len && c->need - c->in.len > want) {
+        want = c->need - c->in.len; /* the rest of a large frame at once */
+    }
+    if (want > READ_MAX) {
+        want = READ_MAX;
+    }
+    if (inbuf_reserve(&c->in, want) != 0) {
+        if (c->inbound) {
+            conn_reject(c, "out of memory");
+        } else {
+            conn_close(c, CRAFT_ENOMEM);
+        }
+        return;
+    }
+    ssize_t n;
+    do {
+        n = recv(fd, c->in.p + c->in.off + c->in.len, want, 0);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        return;
+    }
+    if (n <= 0) {
+        short ev = BEV_EVENT_READING | (n == 0 ? BEV_EVENT_EOF : BEV_EVENT_ERROR);
+        if (c->inbound) {
+            in_event_cb(c->bev, ev, c);
+        } else {
+            out_event_cb(c->bev, ev, c);
+        }
+        return;
+    }
+    c->in.len += (size_t)n;
+    if (c->inbound) {
+        in_process(c);
+    } else {
+        out_on_read(c);
+    }
 }
 
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd,
