@@ -6,7 +6,10 @@
  * ------
  * One loop thread owns the event_base, the listener and every bufferevent
  * (no bufferevent is touched by another thread, so none needs its own
- * lock). Other threads hand work to it as tasks: small nodes embedded in
+ * lock). A connection's bufferevent writes and connects; the loop reads the
+ * socket itself, straight into the connection's linear buffer (libevent
+ * would ask FIONREAD before every read and copy through its own buffer).
+ * Other threads hand work to the loop as tasks: small nodes embedded in
  * the object they concern (a call, a pipeline, an incoming rpc), appended
  * under the transport mutex `mu` to one FIFO; the first task of a batch
  * activates the `wakeup` user event (event_active is thread-safe once
@@ -22,6 +25,14 @@
  * transport itself is reference counted (atomically) by its owner and by
  * every object that may outlive close().
  *
+ * Direct writes. Every thread wake-up costs more than the syscalls around
+ * it, so frames are written by whichever thread has them, at once: the
+ * loop with send() when the output buffer is empty (no EPOLLOUT round), a
+ * pipeline's caller or an rpc's responder under the connection's `wmu`
+ * when nothing waits to go out before its frame (the loop is not woken at
+ * all). What the socket does not take goes through the output buffer, in
+ * order (see struct conn).
+ *
  * Outgoing. The caller encodes its request, registers an out_call in
  * t->calls and posts CALL_START; the loop takes an idle pooled connection or
  * dials and writes the frame. The caller waits on the call's condvar until
@@ -32,20 +43,28 @@
  * socket's output buffer; the output buffer's low watermark tells the
  * caller when there is room again.
  *
- * Incoming. Each inbound connection is a small state machine: DECODING
- * (bytes move from the bufferevent into a linear buffer that the
- * incremental wire decoder scans), AWAITING (one request is with the
- * consumer; further bytes stay in the bufferevent up to READ_AHEAD, then
- * reading stops), SNAPSHOT (data following an InstallSnapshot moves into
- * the rpc's queue, read by the consumer's thread, at most SNAP_IN_LIMIT
- * bytes; reading stops while it is full) and DRAINING (snapshot bytes left
- * unread at respond() are discarded). respond() encodes the response on the
- * consumer's thread and posts RPC_RESPOND; the loop writes it and resumes
- * decoding, so responses go out in request order, one request at a time.
+ * Pipelines. The caller writes its request itself when it can (above),
+ * else queues it and posts PIPE_SEND. The loop matches responses to
+ * requests in order; the connection's timer stays armed and checks the
+ * oldest request in flight.
  *
- * Lock order: mu alone; libevent's base lock may be taken under mu (by
- * event_active / event_add), and libevent never calls back into this file
- * with its base lock held.
+ * Incoming. Each inbound connection is a small state machine: DECODING
+ * (the incremental wire decoder scans the linear input buffer), AWAITING
+ * (one request is with the consumer; further bytes are read up to
+ * READ_AHEAD, then reading stops), SNAPSHOT (data following an
+ * InstallSnapshot moves into the rpc's queue, read by the consumer's
+ * thread, at most SNAP_IN_LIMIT bytes; reading stops while it is full) and
+ * DRAINING (snapshot bytes left unread at respond() are discarded).
+ * respond() encodes the response on the consumer's thread and writes it
+ * there when it can; the loop notices on its next look at the connection
+ * (input, EOF, the timer, or RPC_RESPOND when it already holds the next
+ * request). Otherwise it posts RPC_RESPOND and the loop writes it. Either
+ * way the next request is decoded only after the response went out, so
+ * responses go out in request order, one request at a time.
+ *
+ * Lock order: mu, then a connection's wmu; libevent's base lock may be
+ * taken under either (by event_active / event_add), and libevent never
+ * calls back into this file with its base lock held.
  */
 #include "craft/tcp.h"
 
@@ -92,6 +111,9 @@
 #define SNAP_IN_LIMIT (1024 * 1024)
 /* Bytes an inbound connection may buffer past the request in progress. */
 #define READ_AHEAD (256 * 1024)
+/* Bytes asked of one read (more when the decoder knows it needs more). */
+#define READ_MIN (16 * 1024)
+#define READ_MAX (1024 * 1024)
 /* Linear input buffers bigger than this are released when empty. */
 #define INBUF_KEEP (256 * 1024)
 #define MAX_INTERNED 4096
@@ -197,7 +219,11 @@ typedef enum {
 /* A connection; all fields are the loop's. */
 struct conn {
     tcp_t *t;
+    /* Writes, connects and reports write errors; never reads: `rd` reads
+     * straight into `in` (libevent would ask FIONREAD before each read and
+     * copy through its input buffer). */
     struct bufferevent *bev;
+    struct event *rd;
     struct event *timer; /* inbound: idle; pipeline: response deadline */
     bool inbound;
     bool reading;
@@ -222,6 +248,22 @@ struct conn {
     in_state_t state;
     in_rpc_t *rpc;
     int64_t drain_left;
+
+    /* Direct writes. A thread holding wmu may write to wfd itself when
+     * nothing waits to go out before its bytes. Other threads reach a
+     * connection only through a pointer published under mu
+     * (pipeline->wconn, in_rpc->conn) and lock wmu before releasing mu;
+     * conn_close clears those pointers, then takes wmu once before the
+     * socket is closed and the memory freed. */
+    pthread_mutex_t wmu;
+    struct event *flush; /* activated to move `wrest` into the output */
+    /* Under wmu. */
+    bool wopen;     /* connected and not closing */
+    bool wbusy;     /* bytes wait in the output buffer or in wrest */
+    int wfd;
+    uint8_t *wrest; /* a frame another thread could not write whole */
+    size_t wrest_off;
+    size_t wrest_len;
 };
 
 /* Idle pooled connections to one address (loop thread only). */
@@ -281,7 +323,9 @@ struct in_rpc {
     conn_t *conn; /* NULL once the connection is gone */
     int conn_err; /* why it is gone */
     bool responded;
-    bool paused;  /* the loop stopped reading: queue full */
+    bool answered; /* the consumer wrote the response itself */
+    bool kick;     /* the loop holds input: wake it when answered */
+    bool paused;   /* the loop stopped reading: queue full */
     uint8_t *resp_frame;
     size_t resp_len;
     struct evbuffer *queue; /* snapshot bytes not yet read */
@@ -323,7 +367,9 @@ struct pipeline {
     bool ready;
     bool closed;
     int broken; /* 0 or the error that broke the connection */
-    craft__wire_response_t last_resp; /* strings of the last next_response */
+    conn_t *wconn; /* the connection callers may write to (see conn) */
+    /* Strings of the last next_response; next_response's thread only. */
+    craft__wire_response_t last_resp;
     pipeline_t *prev;                 /* in t->pipelines */
     pipeline_t *next;
 
@@ -381,13 +427,7 @@ static bool cond_wait_until(pthread_cond_t *c, pthread_mutex_t *mu,
     return pthread_cond_timedwait(c, mu, &ts) != ETIMEDOUT;
 }
 
-static void free_cleanup(const void *data, size_t len, void *extra)
-{
-    (void)len;
-    (void)extra;
-    free((void *)data);
-}
-
+/* Frees `extra`: the start of an allocation handed over from within. */
 static void chunk_cleanup(const void *data, size_t len, void *extra)
 {
     (void)data;
@@ -662,16 +702,9 @@ static void remember_no_prevote_locked(tcp_t *t, const char *addr)
 
 /* ---- linear input buffer ---- */
 
-/* Moves up to `max` bytes from `src` to the end of `b`. */
-static int inbuf_pull(inbuf_t *b, struct evbuffer *src, size_t max)
+/* Makes room for `n` more bytes at the end of `b`. */
+static int inbuf_reserve(inbuf_t *b, size_t n)
 {
-    size_t n = evbuffer_get_length(src);
-    if (n > max) {
-        n = max;
-    }
-    if (n == 0) {
-        return 0;
-    }
     if (b->off + b->len + n > b->cap) {
         if (b->off > 0) {
             memmove(b->p, b->p + b->off, b->len);
@@ -690,8 +723,6 @@ static int inbuf_pull(inbuf_t *b, struct evbuffer *src, size_t max)
             b->cap = cap;
         }
     }
-    evbuffer_remove(src, b->p + b->off + b->len, n);
-    b->len += n;
     return 0;
 }
 
@@ -806,9 +837,9 @@ static void set_reading(conn_t *c, bool on)
     }
     c->reading = on;
     if (on) {
-        bufferevent_enable(c->bev, EV_READ);
+        event_add(c->rd, NULL);
     } else {
-        bufferevent_disable(c->bev, EV_READ);
+        event_del(c->rd);
     }
 }
 
@@ -821,10 +852,114 @@ static void set_nodelay(struct bufferevent *bev)
     }
 }
 
-static void in_read_cb(struct bufferevent *bev, void *arg);
+/* Sends what the socket takes at once: the number of bytes written. On a
+ * failure nothing is written; the bytes then go through the output buffer,
+ * whose write reports the error to the loop. */
+static size_t send_now(int fd, const uint8_t *data, size_t len)
+{
+    ssize_t n;
+    do {
+        n = send(fd, data, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    } while (n < 0 && errno == EINTR);
+    return n > 0 ? (size_t)n : 0;
+}
+
+/* Moves the tail of a frame another thread could not write into the
+ * output buffer, ahead of anything the loop adds. Loop thread, wmu held. */
+static int conn_flush_locked(conn_t *c)
+{
+    uint8_t *rest = c->wrest;
+    if (rest == NULL) {
+        return 0;
+    }
+    c->wrest = NULL;
+    if (evbuffer_add_reference(bufferevent_get_output(c->bev), rest + c->wrest_off,
+                               c->wrest_len - c->wrest_off, chunk_cleanup,
+                               rest) != 0) {
+        free(rest);
+        return CRAFT_ENOMEM;
+    }
+    return 0;
+}
+
+/* Writes `len` bytes at `data` on `c`: to the socket at once when nothing
+ * waits before them (no epoll round for EPOLLOUT), the rest through the
+ * output buffer. `owned`: `data` is an allocation that passes to us (else
+ * the rest is copied). Loop thread. 0 or CRAFT_ENOMEM (the caller closes
+ * the connection). */
+static int conn_write(conn_t *c, const uint8_t *data, size_t len, bool owned)
+{
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    pthread_mutex_lock(&c->wmu);
+    int rv = conn_flush_locked(c);
+    size_t n = 0;
+    if (rv == 0 && c->wopen && evbuffer_get_length(out) == 0) {
+        n = send_now(c->wfd, data, len);
+    }
+    if (rv == 0 && n < len) {
+        if (owned) {
+            rv = evbuffer_add_reference(out, data + n, len - n, chunk_cleanup,
+                                        (void *)data);
+            owned = rv != 0;
+        } else {
+            rv = evbuffer_add(out, data + n, len - n);
+        }
+        rv = rv != 0 ? CRAFT_ENOMEM : 0;
+    }
+    c->wbusy = evbuffer_get_length(out) > 0;
+    pthread_mutex_unlock(&c->wmu);
+    if (owned) {
+        free((void *)data);
+    }
+    return rv;
+}
+
+/* Writes `frame` (ownership passes) on `c` from a thread other than the
+ * loop; what the socket does not take is left to the loop. wmu held,
+ * c->wopen and nothing waiting (!c->wbusy). */
+static void conn_write_direct_locked(conn_t *c, uint8_t *frame, size_t len)
+{
+    size_t n = send_now(c->wfd, frame, len);
+    if (n == len) {
+        free(frame);
+        return;
+    }
+    c->wrest = frame;
+    c->wrest_off = n;
+    c->wrest_len = len;
+    c->wbusy = true;
+    event_active(c->flush, EV_WRITE, 0);
+}
+
+/* The `flush` event: a direct write left a tail. */
+static void conn_flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    conn_t *c = arg;
+    pthread_mutex_lock(&c->wmu);
+    int rv = conn_flush_locked(c);
+    pthread_mutex_unlock(&c->wmu);
+    if (rv != 0) {
+        conn_close(c, rv);
+    }
+}
+
+/* libevent wrote from the output: direct writes resume once it is empty. */
+static void conn_on_written(conn_t *c)
+{
+    if (evbuffer_get_length(bufferevent_get_output(c->bev)) > 0) {
+        return;
+    }
+    pthread_mutex_lock(&c->wmu);
+    c->wbusy = c->wrest != NULL;
+    pthread_mutex_unlock(&c->wmu);
+}
+
+static void conn_read_cb(evutil_socket_t fd, short what, void *arg);
+static void in_write_cb(struct bufferevent *bev, void *arg);
 static void in_event_cb(struct bufferevent *bev, short what, void *arg);
 static void in_timer_cb(evutil_socket_t fd, short what, void *arg);
-static void out_read_cb(struct bufferevent *bev, void *arg);
 static void out_write_cb(struct bufferevent *bev, void *arg);
 static void out_event_cb(struct bufferevent *bev, short what, void *arg);
 static void out_timer_cb(evutil_socket_t fd, short what, void *arg);
@@ -838,7 +973,20 @@ static conn_t *conn_new(tcp_t *t, struct bufferevent *bev, bool inbound)
         return NULL;
     }
     c->timer = evtimer_new(t->base, inbound ? in_timer_cb : out_timer_cb, c);
-    if (c->timer == NULL) {
+    c->flush = event_new(t->base, -1, 0, conn_flush_cb, c);
+    c->rd = event_new(t->base, bufferevent_getfd(bev), EV_READ | EV_PERSIST,
+                      conn_read_cb, c);
+    if (c->timer == NULL || c->flush == NULL || c->rd == NULL ||
+        pthread_mutex_init(&c->wmu, NULL) != 0) {
+        if (c->timer != NULL) {
+            event_free(c->timer);
+        }
+        if (c->flush != NULL) {
+            event_free(c->flush);
+        }
+        if (c->rd != NULL) {
+            event_free(c->rd);
+        }
         bufferevent_free(bev);
         free(c);
         return NULL;
@@ -846,11 +994,13 @@ static conn_t *conn_new(tcp_t *t, struct bufferevent *bev, bool inbound)
     c->t = t;
     c->bev = bev;
     c->inbound = inbound;
+    c->wfd = bufferevent_getfd(bev);
+    c->wopen = inbound; /* outbound: once connected */
     craft__wire_decoder_init(&c->dec, &t->limits);
     if (inbound) {
-        bufferevent_setcb(bev, in_read_cb, NULL, in_event_cb, c);
+        bufferevent_setcb(bev, NULL, in_write_cb, in_event_cb, c);
     } else {
-        bufferevent_setcb(bev, out_read_cb, out_write_cb, out_event_cb, c);
+        bufferevent_setcb(bev, NULL, out_write_cb, out_event_cb, c);
     }
     c->next = t->conns;
     if (t->conns != NULL) {
@@ -975,11 +1125,11 @@ static void send_shutdown_error(conn_t *c)
         /* The bufferevent's output is frozen for anyone but itself: write
          * directly, and only when nothing else is queued (order). */
         struct evbuffer *out = bufferevent_get_output(c->bev);
-        evutil_socket_t fd = bufferevent_getfd(c->bev);
-        if (evbuffer_get_length(out) == 0 && fd >= 0) {
-            ssize_t n = send(fd, b.data, b.len, MSG_NOSIGNAL | MSG_DONTWAIT);
-            (void)n; /* best effort */
+        pthread_mutex_lock(&c->wmu);
+        if (c->wopen && !c->wbusy && evbuffer_get_length(out) == 0) {
+            (void)send_now(c->wfd, b.data, b.len); /* best effort */
         }
+        pthread_mutex_unlock(&c->wmu);
     }
     craft__mp_buf_free(&b);
 }
@@ -1027,16 +1177,17 @@ static void conn_close(conn_t *c, int err)
     }
     if (c->rpc != NULL) {
         in_rpc_t *rpc = c->rpc;
-        if (t->stopping) {
-            send_shutdown_error(c);
-        }
-        c->rpc = NULL;
         pthread_mutex_lock(&t->mu);
+        bool answered = rpc->answered; /* the response is out already */
         rpc->conn = NULL;
         rpc->conn_err = err;
         pthread_cond_broadcast(&rpc->cond);
         bool last = --rpc->refs == 0;
         pthread_mutex_unlock(&t->mu);
+        if (t->stopping && !answered) {
+            send_shutdown_error(c);
+        }
+        c->rpc = NULL;
         if (last) {
             rpc_free(rpc);
         }
@@ -1059,8 +1210,17 @@ static void conn_close(conn_t *c, int err)
         t->stats.outbound_open--;
     }
     pthread_mutex_unlock(&t->mu);
+    /* No other thread can reach `c` any more; wait for one writing. */
+    pthread_mutex_lock(&c->wmu);
+    c->wopen = false;
+    free(c->wrest);
+    c->wrest = NULL;
+    pthread_mutex_unlock(&c->wmu);
+    event_free(c->flush);
+    event_free(c->rd);
     event_free(c->timer);
     bufferevent_free(c->bev);
+    pthread_mutex_destroy(&c->wmu);
     free(c->in.p);
     free(c);
 }
@@ -1161,7 +1321,7 @@ static void call_connect(tcp_t *t, out_call_t *call, bool allow_pool)
     if (call->type == CRAFT_RPC_INSTALL_SNAPSHOT) {
         bufferevent_setwatermark(c->bev, EV_WRITE, SNAP_OUT_LIMIT / 2, 0);
     }
-    if (bufferevent_write(c->bev, call->frame, call->frame_len) != 0) {
+    if (conn_write(c, call->frame, call->frame_len, false) != 0) {
         conn_close(c, CRAFT_ENOMEM);
         return;
     }
@@ -1279,6 +1439,7 @@ static void pipe_break(tcp_t *t, pipeline_t *p, int err)
     if (p->broken == 0) {
         p->broken = err != 0 ? err : CRAFT_EIO;
     }
+    p->wconn = NULL;
     for (pl_item_t *it = p->head; it != NULL; it = it->next) {
         if (it->state != PL_DONE) {
             it->state = PL_DONE;
@@ -1293,11 +1454,16 @@ static void pipe_ready(tcp_t *t, pipeline_t *p)
 {
     pthread_mutex_lock(&t->mu);
     p->ready = true;
+    p->wconn = p->conn;
     pthread_cond_broadcast(&p->cond);
     pthread_mutex_unlock(&t->mu);
 }
 
-static void pipe_arm_timer(tcp_t *t, conn_t *c)
+/* Arms the timer of a pipeline's connection for the response deadline of
+ * the oldest request in flight, or one timeout from now when none is: it
+ * stays armed, since callers write requests without the loop's knowledge
+ * (a request sent later is due later). false when the deadline passed. */
+static bool pipe_arm_timer(tcp_t *t, conn_t *c)
 {
     pipeline_t *p = c->pipe;
     int64_t oldest = -1;
@@ -1309,13 +1475,17 @@ static void pipe_arm_timer(tcp_t *t, conn_t *c)
         }
     }
     pthread_mutex_unlock(&t->mu);
-    if (oldest < 0) {
-        evtimer_del(c->timer);
-        return;
+    int64_t now = now_ns();
+    int64_t due = (oldest >= 0 ? oldest : now) + t->opts.timeout_ms * 1000000;
+    if (due <= now) {
+        return false;
     }
-    int64_t left_ms = (oldest + t->opts.timeout_ms * 1000000 - now_ns()) / 1000000;
-    struct timeval tv = tv_of_ms(left_ms > 0 ? left_ms : 0);
+    int64_t left_us = (due - now + 999) / 1000;
+    struct timeval tv;
+    tv.tv_sec = (time_t)(left_us / 1000000);
+    tv.tv_usec = (suseconds_t)(left_us % 1000000);
     evtimer_add(c->timer, &tv);
+    return true;
 }
 
 static void pipe_start(tcp_t *t, pipeline_t *p)
@@ -1348,6 +1518,7 @@ static void pipe_start(tcp_t *t, pipeline_t *p)
     c->need = 0;
     craft__wire_decoder_reset(&c->dec);
     p->conn = c;
+    pipe_arm_timer(t, c);
     if (pooled) {
         pipe_ready(t, p);
     }
@@ -1359,29 +1530,25 @@ static void pipe_send(tcp_t *t, pipeline_t *p)
     if (c == NULL) {
         return; /* broken or closed: the requests already failed */
     }
-    struct evbuffer *out = bufferevent_get_output(c->bev);
     int rv = 0;
     int64_t now = now_ns();
+    /* mu held while writing: a caller must not write directly between
+     * these requests (see pipe_append_entries). */
     pthread_mutex_lock(&t->mu);
-    for (pl_item_t *it = p->head; it != NULL; it = it->next) {
+    for (pl_item_t *it = p->head; it != NULL && rv == 0; it = it->next) {
         if (it->state != PL_QUEUED) {
             continue;
         }
-        if (evbuffer_add_reference(out, it->frame, it->frame_len, free_cleanup,
-                                   NULL) != 0) {
-            rv = CRAFT_ENOMEM;
-            break;
-        }
-        it->frame = NULL; /* the buffer frees it */
+        uint8_t *frame = it->frame;
+        it->frame = NULL;
         it->state = PL_SENT;
         it->sent_ns = now;
+        rv = conn_write(c, frame, it->frame_len, true);
     }
     pthread_mutex_unlock(&t->mu);
     if (rv != 0) {
         conn_close(c, rv);
-        return;
     }
-    pipe_arm_timer(t, c);
 }
 
 static void pipe_on_read(tcp_t *t, conn_t *c)
@@ -1416,10 +1583,13 @@ static void pipe_on_read(tcp_t *t, conn_t *c)
             it->state = PL_DONE;
             it->err = resp.error != NULL ? map_peer_error(resp.error) : 0;
             it->resp = resp;
-            pthread_cond_broadcast(&p->cond);
         }
         pthread_mutex_unlock(&t->mu);
-        if (it == NULL) {
+        if (it != NULL) {
+            /* After unlocking: the woken thread would block on mu at once.
+             * The connection's reference keeps `p`. */
+            pthread_cond_broadcast(&p->cond);
+        } else {
             craft__wire_response_free(&resp);
             CRAFT__WARN(&t->log, COMPONENT,
                         "pipeline response without a request: target=%s",
@@ -1428,21 +1598,16 @@ static void pipe_on_read(tcp_t *t, conn_t *c)
             return;
         }
     }
-    pipe_arm_timer(t, c);
 }
 
 /* ------------------------------------------------------------------------ */
 /* Outgoing connection callbacks                                             */
 /* ------------------------------------------------------------------------ */
 
-static void out_read_cb(struct bufferevent *bev, void *arg)
+/* Bytes arrived on an outgoing connection. */
+static void out_on_read(conn_t *c)
 {
-    conn_t *c = arg;
     tcp_t *t = c->t;
-    if (inbuf_pull(&c->in, bufferevent_get_input(bev), SIZE_MAX) != 0) {
-        conn_close(c, CRAFT_ENOMEM);
-        return;
-    }
     if (c->pipe != NULL) {
         pipe_on_read(t, c);
     } else if (c->call != NULL) {
@@ -1459,6 +1624,7 @@ static void out_write_cb(struct bufferevent *bev, void *arg)
     conn_t *c = arg;
     tcp_t *t = c->t;
     out_call_t *call = c->call;
+    conn_on_written(c);
     if (call == NULL || call->type != CRAFT_RPC_INSTALL_SNAPSHOT) {
         return;
     }
@@ -1475,6 +1641,10 @@ static void out_event_cb(struct bufferevent *bev, short what, void *arg)
     if (what & BEV_EVENT_CONNECTED) {
         c->connected = true;
         set_nodelay(bev);
+        pthread_mutex_lock(&c->wmu);
+        c->wfd = bufferevent_getfd(bev);
+        c->wopen = true;
+        pthread_mutex_unlock(&c->wmu);
         if (c->pipe != NULL) {
             pipe_ready(t, c->pipe);
         }
@@ -1499,7 +1669,7 @@ static void out_timer_cb(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     conn_t *c = arg;
-    if (c->pipe != NULL) {
+    if (c->pipe != NULL && !pipe_arm_timer(c->t, c)) {
         CRAFT__WARN(&c->t->log, COMPONENT, "pipeline response timed out: target=%s",
                     c->name);
         conn_close(c, CRAFT_ETIMEDOUT);
@@ -1532,9 +1702,9 @@ static void in_update(conn_t *c)
         want_timer = want_read;
         break;
     case IN_AWAITING:
-        want_read = evbuffer_get_length(bufferevent_get_input(c->bev)) + c->in.len <
-                    READ_AHEAD;
-        want_timer = false; /* the consumer's time does not count */
+        want_read = c->in.len < READ_AHEAD;
+        /* The consumer's time does not count: the timer only looks for a
+         * response written directly (in_timer_cb). */
         break;
     }
     set_reading(c, want_read);
@@ -1630,7 +1800,6 @@ static bool in_feed_snapshot(conn_t *c)
 {
     tcp_t *t = c->t;
     in_rpc_t *rpc = c->rpc;
-    struct evbuffer *input = bufferevent_get_input(c->bev);
     int rv = 0;
     pthread_mutex_lock(&t->mu);
     size_t queued = evbuffer_get_length(rpc->queue);
@@ -1647,27 +1816,12 @@ static bool in_feed_snapshot(conn_t *c)
         if (rv == 0) {
             inbuf_consume(&c->in, n1);
             rpc->to_queue -= (int64_t)n1;
-            room -= n1;
         }
     }
-    size_t n2 = evbuffer_get_length(input);
-    if (n2 > room) {
-        n2 = room;
-    }
-    if ((int64_t)n2 > rpc->to_queue) {
-        n2 = (size_t)rpc->to_queue;
-    }
-    if (rv == 0 && n2 > 0) {
-        int moved = evbuffer_remove_buffer(input, rpc->queue, n2);
-        if (moved > 0) {
-            rpc->to_queue -= moved;
-        }
-    }
-    if (n1 + n2 > 0) {
+    if (n1 > 0) {
         pthread_cond_broadcast(&rpc->cond);
     }
-    size_t held = evbuffer_get_length(rpc->queue) + evbuffer_get_length(input) +
-                  c->in.len;
+    size_t held = evbuffer_get_length(rpc->queue) + c->in.len;
     if (held > t->stats.snapshot_in_peak) {
         t->stats.snapshot_in_peak = held;
     }
@@ -1682,17 +1836,44 @@ static bool in_feed_snapshot(conn_t *c)
     return true;
 }
 
+/* Whether the consumer wrote the response to the rpc in progress itself
+ * (in_rpc_respond); then the connection moves on to the next request.
+ * Otherwise notes whether the consumer must wake the loop when it does:
+ * only when input is buffered, since new input, EOF and the timer bring
+ * the loop back here anyway. */
+static bool in_answered(conn_t *c)
+{
+    tcp_t *t = c->t;
+    in_rpc_t *rpc = c->rpc;
+    size_t buffered = c->in.len;
+    pthread_mutex_lock(&t->mu);
+    bool answered = rpc->answered;
+    bool last = false;
+    if (answered) {
+        rpc->conn = NULL;
+        rpc->conn_err = CRAFT_ECLOSED;
+        last = --rpc->refs == 0; /* the connection's */
+    } else {
+        rpc->kick = buffered > 0; /* no read event will come for it */
+    }
+    pthread_mutex_unlock(&t->mu);
+    if (!answered) {
+        return false;
+    }
+    if (last) {
+        rpc_free(rpc);
+    }
+    c->rpc = NULL;
+    c->state = IN_DECODING;
+    return true;
+}
+
 /* Runs the inbound state machine as far as the buffered bytes allow. */
 static void in_process(conn_t *c)
 {
-    struct evbuffer *input = bufferevent_get_input(c->bev);
     for (;;) {
         switch (c->state) {
         case IN_DECODING: {
-            if (inbuf_pull(&c->in, input, SIZE_MAX) != 0) {
-                conn_reject(c, "out of memory");
-                return;
-            }
             if (c->in.len == 0 || c->in.len < c->need) {
                 in_update(c);
                 return;
@@ -1736,20 +1917,17 @@ static void in_process(conn_t *c)
             }
             break;
         case IN_AWAITING:
-            in_update(c);
-            return;
+            if (!in_answered(c)) {
+                in_update(c);
+                return;
+            }
+            break;
         case IN_DRAINING: {
             size_t n = c->in.len;
             if ((int64_t)n > c->drain_left) {
                 n = (size_t)c->drain_left;
             }
             inbuf_consume(&c->in, n);
-            c->drain_left -= (int64_t)n;
-            n = evbuffer_get_length(input);
-            if ((int64_t)n > c->drain_left) {
-                n = (size_t)c->drain_left;
-            }
-            evbuffer_drain(input, n);
             c->drain_left -= (int64_t)n;
             if (c->drain_left > 0) {
                 in_update(c);
@@ -1762,10 +1940,10 @@ static void in_process(conn_t *c)
     }
 }
 
-static void in_read_cb(struct bufferevent *bev, void *arg)
+static void in_write_cb(struct bufferevent *bev, void *arg)
 {
     (void)bev;
-    in_process(arg);
+    conn_on_written(arg);
 }
 
 static void in_event_cb(struct bufferevent *bev, short what, void *arg)
@@ -1792,6 +1970,12 @@ static void in_timer_cb(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     conn_t *c = arg;
+    if (c->state == IN_AWAITING) {
+        /* Moves on if the response was written directly, else re-arms. An
+         * idle connection is thus closed within two idle timeouts. */
+        in_process(c);
+        return;
+    }
     if (c->state == IN_DECODING && c->in.len == 0) {
         CRAFT__DEBUG(&c->t->log, COMPONENT, "closing idle inbound connection: peer=%s",
                      c->name);
@@ -1799,6 +1983,55 @@ static void in_timer_cb(evutil_socket_t fd, short what, void *arg)
         return;
     }
     conn_reject(c, "timed out waiting for the rest of a request");
+}
+
+/* The socket is readable: one read straight into the linear buffer, then
+ * the connection's state machine. EOF and errors go where libevent would
+ * have reported them. */
+static void conn_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)what;
+    conn_t *c = arg;
+    size_t want = READ_MIN;
+    if (c->inbound && (c->state == IN_SNAPSHOT || c->state == IN_DRAINING)) {
+        want = SNAP_CHUNK;
+    }
+    if (c->need > c->in.len && c->need - c->in.len > want) {
+        want = c->need - c->in.len; /* the rest of a large frame at once */
+    }
+    if (want > READ_MAX) {
+        want = READ_MAX;
+    }
+    if (inbuf_reserve(&c->in, want) != 0) {
+        if (c->inbound) {
+            conn_reject(c, "out of memory");
+        } else {
+            conn_close(c, CRAFT_ENOMEM);
+        }
+        return;
+    }
+    ssize_t n;
+    do {
+        n = recv(fd, c->in.p + c->in.off + c->in.len, want, 0);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        return;
+    }
+    if (n <= 0) {
+        short ev = BEV_EVENT_READING | (n == 0 ? BEV_EVENT_EOF : BEV_EVENT_ERROR);
+        if (c->inbound) {
+            in_event_cb(c->bev, ev, c);
+        } else {
+            out_event_cb(c->bev, ev, c);
+        }
+        return;
+    }
+    c->in.len += (size_t)n;
+    if (c->inbound) {
+        in_process(c);
+    } else {
+        out_on_read(c);
+    }
 }
 
 static void on_accept(struct evconnlistener *l, evutil_socket_t fd,
@@ -1840,6 +2073,7 @@ static void rpc_respond_task(tcp_t *t, in_rpc_t *rpc)
 {
     pthread_mutex_lock(&t->mu);
     conn_t *c = rpc->conn;
+    bool answered = rpc->answered;
     uint8_t *frame = rpc->resp_frame;
     size_t len = rpc->resp_len;
     rpc->resp_frame = NULL;
@@ -1851,13 +2085,15 @@ static void rpc_respond_task(tcp_t *t, in_rpc_t *rpc)
         free(frame);
         return;
     }
+    if (answered) {
+        in_process(c); /* written by the consumer: on to buffered input */
+        return;
+    }
     if (frame == NULL) {
         conn_reject(c, "out of memory encoding a response");
         return;
     }
-    if (evbuffer_add_reference(bufferevent_get_output(c->bev), frame, len,
-                               free_cleanup, NULL) != 0) {
-        free(frame);
+    if (conn_write(c, frame, len, true) != 0) {
         conn_reject(c, "out of memory");
         return;
     }
@@ -1891,7 +2127,8 @@ static void rpc_resume_task(tcp_t *t, in_rpc_t *rpc)
 /* Incoming (consumer side)                                                  */
 /* ------------------------------------------------------------------------ */
 
-/* rpc->respond: encodes on the consumer's thread, writes on the loop's. */
+/* rpc->respond: encodes on the consumer's thread and writes there too when
+ * nothing waits to go out before the response; else the loop writes it. */
 static void in_rpc_respond(craft_rpc_t *r, int err)
 {
     in_rpc_t *rpc = (in_rpc_t *)(void *)r;
@@ -1919,15 +2156,40 @@ static void in_rpc_respond(craft_rpc_t *r, int err)
     }
     rpc->responded = true;
     pthread_cond_broadcast(&rpc->cond); /* the reader is no longer valid */
-    /* frame == NULL (out of memory): the loop drops the connection rather
-     * than answer out of order. */
-    rpc->resp_frame = frame;
-    rpc->resp_len = len;
-    if (rpc->conn != NULL && post_locked(t, &rpc->respond_task) == 1) {
-        rpc->refs++;
+    /* Snapshot rpcs go through the loop: it discards unread data. */
+    conn_t *c = rpc->conn;
+    bool direct = false;
+    if (c != NULL && frame != NULL && rpc->queue == NULL) {
+        pthread_mutex_lock(&c->wmu);
+        direct = c->wopen && !c->wbusy;
+        if (!direct) {
+            pthread_mutex_unlock(&c->wmu);
+        }
+    }
+    if (direct) {
+        /* The loop moves on when it next looks at the connection; now if
+         * it holds the next request already. */
+        rpc->answered = true;
+        if (rpc->kick && post_locked(t, &rpc->respond_task) == 1) {
+            rpc->refs++;
+        }
+    } else {
+        /* frame == NULL (out of memory): the loop drops the connection
+         * rather than answer out of order. */
+        rpc->resp_frame = frame;
+        rpc->resp_len = len;
+        if (c != NULL && post_locked(t, &rpc->respond_task) == 1) {
+            rpc->refs++;
+        }
     }
     bool last = --rpc->refs == 0; /* the consumer's */
     pthread_mutex_unlock(&t->mu);
+    if (direct) {
+        /* wmu held since before `answered` was set: the connection stays
+         * open and the next response waits for this one. */
+        conn_write_direct_locked(c, frame, len);
+        pthread_mutex_unlock(&c->wmu);
+    }
     if (last) {
         rpc_free(rpc);
     }
@@ -2469,14 +2731,36 @@ static int pipe_append_entries(void *ctx, const craft_append_entries_req_t *req,
         pl_item_free(it);
         return rv;
     }
-    int posted = post_locked(t, &p->send_task);
-    if (posted < 0) {
-        pthread_mutex_unlock(&t->mu);
-        pl_item_free(it);
-        return CRAFT_ECLOSED;
+    /* Written from this thread when the connection is up and nothing
+     * waits before this request: neither queued requests (pipe_send
+     * writes them all under mu) nor bytes in the connection's output. */
+    conn_t *c = p->wconn;
+    bool direct = false;
+    if (c != NULL && (p->tail == NULL || p->tail->state != PL_QUEUED)) {
+        pthread_mutex_lock(&c->wmu);
+        direct = c->wopen && !c->wbusy;
+        if (!direct) {
+            pthread_mutex_unlock(&c->wmu);
+        }
     }
-    if (posted == 1) {
-        p->refs++;
+    uint8_t *frame = NULL;
+    size_t len = it->frame_len;
+    if (direct) {
+        /* Sent before mu is released: the response may arrive at once. */
+        it->state = PL_SENT;
+        it->sent_ns = now_ns();
+        frame = it->frame;
+        it->frame = NULL;
+    } else {
+        int posted = post_locked(t, &p->send_task);
+        if (posted < 0) {
+            pthread_mutex_unlock(&t->mu);
+            pl_item_free(it);
+            return CRAFT_ECLOSED;
+        }
+        if (posted == 1) {
+            p->refs++;
+        }
     }
     if (p->tail != NULL) {
         p->tail->next = it;
@@ -2486,6 +2770,10 @@ static int pipe_append_entries(void *ctx, const craft_append_entries_req_t *req,
     p->tail = it;
     p->n_items++;
     pthread_mutex_unlock(&t->mu);
+    if (direct) {
+        conn_write_direct_locked(c, frame, len);
+        pthread_mutex_unlock(&c->wmu);
+    }
     return 0;
 }
 
@@ -2498,7 +2786,6 @@ static pl_item_t *pipe_pop_locked(pipeline_t *p)
         p->tail = NULL;
     }
     p->n_items--;
-    pthread_cond_broadcast(&p->cond); /* room in the window */
     return it;
 }
 
@@ -2512,8 +2799,8 @@ static int pipe_next_response(void *ctx, craft_append_entries_resp_t *resp,
     }
     int rv;
     pl_item_t *done = NULL;
+    craft__wire_response_free(&p->last_resp); /* the caller's thread only */
     pthread_mutex_lock(&t->mu);
-    craft__wire_response_free(&p->last_resp);
     for (;;) {
         pl_item_t *it = p->head;
         if (p->closed) {
@@ -2541,6 +2828,7 @@ static int pipe_next_response(void *ctx, craft_append_entries_resp_t *resp,
     }
     pthread_mutex_unlock(&t->mu);
     if (done != NULL) {
+        pthread_cond_broadcast(&p->cond); /* room in the window */
         pl_item_free(done);
     }
     return rv;

@@ -931,6 +931,74 @@ START_TEST(test_pipeline_1000_default_window)
 }
 END_TEST
 
+typedef struct pl_big {
+    craft_pipeline_t *p;
+    int n;
+    size_t size;
+    int err;
+    uint64_t last_digest;
+} pl_big_t;
+
+/* Requests of `size` bytes each, every one different. */
+static void *pl_big_main(void *arg)
+{
+    pl_big_t *pb = arg;
+    unsigned char *data = malloc(pb->size);
+    ck_assert_ptr_nonnull(data);
+    for (int i = 0; i < pb->n; i++) {
+        memset(data, 'a' + i % 26, pb->size);
+        data[(size_t)i * 7919 % pb->size] = (unsigned char)i;
+        craft_log_t e = {(uint64_t)i + 1, 1, CRAFT_LOG_COMMAND, data, pb->size,
+                         NULL, 0, 0};
+        craft_append_entries_req_t q;
+        heartbeat_req(&q, 1);
+        q.prev_log_entry = (uint64_t)i;
+        q.entries = &e;
+        q.n_entries = 1;
+        pb->last_digest = digest_req(CRAFT_RPC_APPEND_ENTRIES, &q);
+        int rv = pb->p->append_entries(pb->p->ctx, &q, (void *)(uintptr_t)(i + 1));
+        if (rv != 0) {
+            pb->err = rv;
+            break;
+        }
+    }
+    free(data);
+    return NULL;
+}
+
+/* Frames larger than the socket takes at once: the caller's direct writes
+ * are partial, the loop finishes them, later requests queue behind them;
+ * everything arrives whole and in order. */
+START_TEST(test_pipeline_large_frames_in_order)
+{
+    server_t *s = server_new(NULL, true);
+    craft_tcp_options_t o;
+    opts_init(&o);
+    o.max_inflight = 16;
+    craft_transport_t *c = client_new(&o);
+    craft_pipeline_t *p = NULL;
+    ck_assert_int_eq(c->append_entries_pipeline(c->ctx, "srv", server_addr(s), &p), 0);
+    pl_big_t pb = {p, 16, 1024 * 1024, 0, 0};
+    pthread_t th;
+    ck_assert_int_eq(pthread_create(&th, NULL, pl_big_main, &pb), 0);
+    for (int i = 0; i < pb.n; i++) {
+        craft_append_entries_resp_t r;
+        void *tag = NULL;
+        ck_assert_int_eq(p->next_response(p->ctx, &r, &tag), 0);
+        ck_assert_ptr_eq(tag, (void *)(uintptr_t)(i + 1));
+        ck_assert_uint_eq(r.last_log, (uint64_t)i + 1);
+    }
+    pthread_join(th, NULL);
+    ck_assert_int_eq(pb.err, 0);
+    ck_assert_uint_eq(SRV_GET(s, digest[CRAFT_RPC_APPEND_ENTRIES]), pb.last_digest);
+    p->close(p->ctx);
+    p->free(p->ctx);
+    ck_assert_uint_eq(server_received(s), (unsigned)pb.n);
+    c->close(c->ctx);
+    server_free(s);
+}
+END_TEST
+
 START_TEST(test_pipeline_unsupported_with_window_1)
 {
     craft_tcp_options_t o;
@@ -1544,6 +1612,7 @@ static Suite *tcp_suite(void)
     tcase_set_timeout(pipe, 120);
     tcase_add_test(pipe, test_pipeline_1000_window_16);
     tcase_add_test(pipe, test_pipeline_1000_default_window);
+    tcase_add_test(pipe, test_pipeline_large_frames_in_order);
     tcase_add_test(pipe, test_pipeline_unsupported_with_window_1);
     tcase_add_test(pipe, test_pipeline_close_and_failures);
     tcase_add_test(pipe, test_pipeline_response_timeout);
