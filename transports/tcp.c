@@ -370,6 +370,10 @@ struct pipeline {
     conn_t *wconn; /* the connection callers may write to (see conn) */
     /* Strings of the last next_response; next_response's thread only. */
     craft__wire_response_t last_resp;
+    /* Response callback (set_response_handler) or NULL; under mu. */
+    craft_pipeline_response_fn fn;
+    void *fn_arg;
+    bool delivering; /* a thread is handing responses to fn */
     pipeline_t *prev;                 /* in t->pipelines */
     pipeline_t *next;
 
@@ -1135,6 +1139,7 @@ static void send_shutdown_error(conn_t *c)
 }
 
 static void pipe_break(tcp_t *t, pipeline_t *p, int err);
+static void pipe_deliver(tcp_t *t, pipeline_t *p);
 
 static void call_finish(tcp_t *t, out_call_t *call, int result,
                         craft__wire_response_t *resp)
@@ -1448,6 +1453,7 @@ static void pipe_break(tcp_t *t, pipeline_t *p, int err)
     }
     pthread_cond_broadcast(&p->cond);
     pthread_mutex_unlock(&t->mu);
+    pipe_deliver(t, p);
 }
 
 static void pipe_ready(tcp_t *t, pipeline_t *p)
@@ -1584,8 +1590,11 @@ static void pipe_on_read(tcp_t *t, conn_t *c)
             it->err = resp.error != NULL ? map_peer_error(resp.error) : 0;
             it->resp = resp;
         }
+        bool push = p->fn != NULL;
         pthread_mutex_unlock(&t->mu);
-        if (it != NULL) {
+        if (it != NULL && push) {
+            pipe_deliver(t, p); /* on this thread: no hand-off */
+        } else if (it != NULL) {
             /* After unlocking: the woken thread would block on mu at once.
              * The connection's reference keeps `p`. */
             pthread_cond_broadcast(&p->cond);
@@ -2777,6 +2786,32 @@ static int pipe_append_entries(void *ctx, const craft_append_entries_req_t *req,
     return 0;
 }
 
+static pl_item_t *pipe_pop_locked(pipeline_t *p);
+
+/* Callback mode: hands the answered requests at the head to fn, in order,
+ * one thread at a time (whoever finds `delivering` set leaves its items to
+ * the thread already delivering). Not after close (close hands back the
+ * rest itself). */
+static void pipe_deliver(tcp_t *t, pipeline_t *p)
+{
+    pthread_mutex_lock(&t->mu);
+    if (p->fn == NULL || p->delivering) {
+        pthread_mutex_unlock(&t->mu);
+        return;
+    }
+    p->delivering = true;
+    while (!p->closed && p->head != NULL && p->head->state == PL_DONE) {
+        pl_item_t *it = pipe_pop_locked(p);
+        pthread_mutex_unlock(&t->mu);
+        p->fn(p->fn_arg, it->err, it->err == 0 ? &it->resp.body.append_entries : NULL, it->tag);
+        pl_item_free(it);
+        pthread_mutex_lock(&t->mu);
+    }
+    p->delivering = false;
+    pthread_mutex_unlock(&t->mu);
+    pthread_cond_broadcast(&p->cond); /* room in the window; close waits */
+}
+
 /* Removes the oldest item; mu held. */
 static pl_item_t *pipe_pop_locked(pipeline_t *p)
 {
@@ -2801,6 +2836,10 @@ static int pipe_next_response(void *ctx, craft_append_entries_resp_t *resp,
     pl_item_t *done = NULL;
     craft__wire_response_free(&p->last_resp); /* the caller's thread only */
     pthread_mutex_lock(&t->mu);
+    if (p->fn != NULL) {
+        pthread_mutex_unlock(&t->mu);
+        return CRAFT_EINVAL; /* responses go to the callback */
+    }
     for (;;) {
         pl_item_t *it = p->head;
         if (p->closed) {
@@ -2846,7 +2885,47 @@ static void pipe_close(void *ctx)
             p->refs++;
         }
     }
+    if (p->fn == NULL) {
+        pthread_mutex_unlock(&t->mu);
+        return;
+    }
+    /* Callback mode: wait for a delivery in progress, then hand back every
+     * request left (answered or not) as CRAFT_ECLOSED, in order. */
+    while (p->delivering) {
+        pthread_cond_wait(&p->cond, &t->mu);
+    }
+    pl_item_t *rest = p->head;
+    p->head = p->tail = NULL;
+    p->n_items = 0;
     pthread_mutex_unlock(&t->mu);
+    pthread_cond_broadcast(&p->cond);
+    while (rest != NULL) {
+        pl_item_t *next = rest->next;
+        p->fn(p->fn_arg, CRAFT_ECLOSED, NULL, rest->tag);
+        pl_item_free(rest);
+        rest = next;
+    }
+}
+
+static int pipe_set_response_handler(void *ctx, craft_pipeline_response_fn fn, void *arg)
+{
+    pipeline_t *p = ctx;
+    tcp_t *t = p->t;
+    if (fn == NULL) {
+        return CRAFT_EINVAL;
+    }
+    pthread_mutex_lock(&t->mu);
+    int rv = 0;
+    if (p->closed) {
+        rv = CRAFT_ECLOSED;
+    } else if (p->fn != NULL || p->head != NULL) {
+        rv = CRAFT_EINVAL; /* once, before the first request */
+    } else {
+        p->fn = fn;
+        p->fn_arg = arg;
+    }
+    pthread_mutex_unlock(&t->mu);
+    return rv;
 }
 
 static void pipe_free(void *ctx)
@@ -2904,6 +2983,7 @@ static int tcp_pipeline(void *ctx, const char *id, const char *target,
     p->iface.next_response = pipe_next_response;
     p->iface.close = pipe_close;
     p->iface.free = pipe_free;
+    p->iface.set_response_handler = pipe_set_response_handler;
     p->start_task.kind = TASK_PIPE_START;
     p->send_task.kind = TASK_PIPE_SEND;
     p->close_task.kind = TASK_PIPE_CLOSE;
