@@ -182,6 +182,7 @@ static void free_node(craft_t *r)
     craft__mailbox_destroy(&r->fsm_mb);
     craft__mutex_destroy(&r->mu);
     craft__mutex_destroy(&r->commit_mu);
+    craft__mutex_destroy(&r->run_token);
     craft__mutex_destroy(&r->shutdown_mu);
     free(r->leader_id);
     free(r->leader_addr);
@@ -227,6 +228,7 @@ int craft_new(craft_t **out, const craft_config_t *config, craft_fsm_t *fsm,
     r->trans = trans;
     craft__mutex_init(&r->mu);
     craft__mutex_init(&r->commit_mu);
+    craft__mutex_init(&r->run_token);
     craft__queue_init(&r->commit_futures);
     craft__mutex_init(&r->shutdown_mu);
     craft__mailbox_init(&r->run_mb);

@@ -10,9 +10,35 @@
 #include "lib/configuration.h"
 #include "lib/raft.h"
 
+/* A follower's AppendEntries handled on the delivering thread when the run
+ * thread is idle: it holds the run token, as the run thread would, so it is
+ * serialised with everything the run thread does; only when nothing is
+ * queued before it, so requests keep their order. Returns false when the
+ * run thread must handle it. */
+static bool handle_inline(craft_t *r, craft_rpc_t *rpc)
+{
+    if (rpc->type != CRAFT_RPC_APPEND_ENTRIES || !atomic_load(&r->run_token_live) ||
+        atomic_load(&r->state) != CRAFT_FOLLOWER ||
+        craft__mutex_trylock(&r->run_token) != 0) {
+        return false;
+    }
+    bool ok = atomic_load(&r->run_token_live) && !atomic_load(&r->shutting_down) &&
+              atomic_load(&r->state) == CRAFT_FOLLOWER && craft__mailbox_len(&r->run_mb) == 0;
+    if (ok) {
+        atomic_fetch_add(&r->st_rpcs, 1);
+        craft__handle_append_entries(r, rpc);
+        craft__trim_window(r);
+    }
+    craft__mutex_unlock(&r->run_token);
+    return ok;
+}
+
 void craft__rpc_handler(void *arg, craft_rpc_t *rpc)
 {
     craft_t *r = arg;
+    if (handle_inline(r, rpc)) {
+        return;
+    }
     craft__rpc_msg_t *m = malloc(sizeof *m);
     if (m == NULL) {
         rpc->respond(rpc, CRAFT_ENOMEM);
@@ -260,7 +286,11 @@ void craft__follower_loop(craft_t *r)
     int64_t ht = CRAFT__MS(atomic_load(&r->ht_ms));
     int64_t deadline = craft__now_ns() + craft__random_timeout_ns(atomic_load(&r->ht_ms));
     while (atomic_load(&r->state) == CRAFT_FOLLOWER && !atomic_load(&r->shutting_down)) {
+        /* While we wait, AppendEntries may be handled inline (see
+         * craft__rpc_handler). */
+        craft__mutex_unlock(&r->run_token);
         craft__msg_t *m = craft__mailbox_wait(&r->run_mb, deadline);
+        craft__mutex_lock(&r->run_token);
         if (m != NULL) {
             if (m->type == CRAFT__RUN_RELOAD) {
                 /* Reloaded timeouts apply to the running timer at once. */

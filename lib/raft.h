@@ -206,6 +206,12 @@ struct craft {
     craft__msg_t shutdown_msg;
 
     /* ---- run thread ---- */
+    /* The run thread's identity: it holds run_token all the time except
+     * while a follower waits for messages. Then a transport thread
+     * delivering an AppendEntries takes it and handles the RPC itself, as
+     * the run thread would (one thread hand-off less per request). */
+    craft__mutex_t run_token;
+    atomic_bool run_token_live; /* run thread started and not finished */
     craft__thread_t run_thread;
     craft__mailbox_t run_mb;
     uint64_t last_vote_term;

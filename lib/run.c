@@ -549,6 +549,8 @@ void *craft__run_main(void *arg)
 {
     craft_t *r = arg;
     craft__set_craft_thread(r);
+    craft__mutex_lock(&r->run_token);
+    atomic_store(&r->run_token_live, true);
     while (!atomic_load(&r->shutting_down)) {
         switch ((craft_state_t)atomic_load(&r->state)) {
         case CRAFT_FOLLOWER:
@@ -565,7 +567,9 @@ void *craft__run_main(void *arg)
             break;
         }
     }
+    atomic_store(&r->run_token_live, false);
     run_shutdown(r);
+    craft__mutex_unlock(&r->run_token);
     craft__mutex_lock(&r->shutdown_mu);
     r->finished = true;
     craft__queue_t done;

@@ -42,6 +42,11 @@ void craft__mutex_lock(craft__mutex_t *m)
     pthread_mutex_lock(&m->m);
 }
 
+int craft__mutex_trylock(craft__mutex_t *m)
+{
+    return pthread_mutex_trylock(&m->m);
+}
+
 void craft__mutex_unlock(craft__mutex_t *m)
 {
     pthread_mutex_unlock(&m->m);

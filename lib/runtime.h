@@ -22,6 +22,8 @@ void craft__thread_join(craft__thread_t *t);
 void craft__mutex_init(craft__mutex_t *m);
 void craft__mutex_destroy(craft__mutex_t *m);
 void craft__mutex_lock(craft__mutex_t *m);
+/* 0 when taken, nonzero when another thread holds it. */
+int craft__mutex_trylock(craft__mutex_t *m);
 void craft__mutex_unlock(craft__mutex_t *m);
 
 void craft__cond_init(craft__cond_t *c);
