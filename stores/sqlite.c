@@ -451,6 +451,12 @@ out_unlock:
     return rv;
 }
 
+static bool sq_blob_or_null(sqlite3_stmt *s, int col)
+{
+    int t = sqlite3_column_type(s, col);
+    return t == SQLITE_BLOB || t == SQLITE_NULL;
+}
+
 /* One statement for the whole range (rows come in idx order from the rowid
  * b-tree), under one hold of the mutex. Each row gets the same checks as
  * get_log. */
@@ -498,18 +504,22 @@ static int sq_get_logs(void *ctx, uint64_t lo, size_t max_n, size_t max_bytes,
         if ((uint64_t)sqlite3_column_int64(s, 6) != lo + k) {
             break;
         }
-        if ((rv = sq_row_check(d, s, lo + k)) != 0) {
+        /* The byte budget decides first whether this row is returned (a
+         * damaged row past the budget fails nothing); its size is only
+         * known when data and ext are BLOB or NULL, and reading it does not
+         * convert those types. A row whose size is unknown is refused. */
+        if (k > 0 && sq_blob_or_null(s, 2) && sq_blob_or_null(s, 3)) {
+            size_t size = (size_t)sqlite3_column_bytes(s, 2) +
+                          (size_t)sqlite3_column_bytes(s, 3);
+            if (size > max_bytes || bytes > max_bytes - size) {
+                break;
+            }
+        }
+        if ((rv = sq_row_check(d, s, lo + k)) != 0 ||
+            (rv = sq_row_entry(d, s, lo + k, &out[k])) != 0) {
             goto err_after_rows;
         }
-        size_t size = (size_t)sqlite3_column_bytes(s, 2) +
-                      (size_t)sqlite3_column_bytes(s, 3);
-        if (k > 0 && (size > max_bytes || bytes > max_bytes - size)) {
-            break;
-        }
-        if ((rv = sq_row_entry(d, s, lo + k, &out[k])) != 0) {
-            goto err_after_rows;
-        }
-        bytes += size;
+        bytes += out[k].len + out[k].ext_len;
         k++;
         if (k == max_n) {
             break;
