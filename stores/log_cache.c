@@ -13,8 +13,10 @@
  * max_n, max_bytes or the backing store's last index) is copied from the
  * slots under one hold of slot_mu; anything else goes to the backing store
  * whole (its get_logs, or a get_log loop when it has none), never half from
- * each, so a read never mixes entries from before and after a concurrent
- * overwrite.
+ * each. As with get_log, a read concurrent with a store_logs that overwrites
+ * cached indexes without deleting them first (Raft deletes a conflicting
+ * suffix first, which empties the slots) may see some old entries: the
+ * slots are refilled one by one after the backing write.
  */
 #include "craft/log_cache.h"
 
@@ -126,8 +128,7 @@ static int lc_copy_slot(const lc_slot_t *s, craft_log_t *out)
  * end of the log). Returns true when served (result in *rv), false when the
  * whole read must go to the backing store. Everything happens under one
  * hold of slot_mu: a slot is filled only after its entry is durable and
- * emptied before its delete starts, so the copies are entries the backing
- * store holds at that instant. */
+ * emptied before its delete starts. */
 static bool lc_get_logs_cached(log_cache_t *c, uint64_t lo, size_t max_n,
                                size_t max_bytes, craft_log_t *out, size_t *n,
                                int *rv)
