@@ -9,7 +9,8 @@
  * reopened (craft_fuzzy_store_free + a new wrapper over reopened stores),
  * which is what the sqlite store does after an I/O error: the node has to
  * step down or refuse, and must never have acknowledged what it could not
- * store. freeze() models a crash: every later write is lost.
+ * store. freeze() models a crash: every later write is lost. get_logs is
+ * offered when the inner store offers it and fails like get_log.
  *
  * The wrappers' own `close` members do nothing; craft_fuzzy_store_free
  * closes the inner stores.
@@ -114,6 +115,20 @@ static int l_get(void *ctx, uint64_t index, craft_log_t *out)
     return s->ilog->get_log(s->ilog->ctx, index, out);
 }
 
+/* Reads get the same policy as get_log: refused once the store failed. */
+static int l_get_range(void *ctx, uint64_t lo, size_t max_n, size_t max_bytes, craft_log_t *out,
+                       size_t *n)
+{
+    craft_fuzzy_store_t *s = ctx;
+    if (is_failed(s)) {
+        if (n != NULL) {
+            *n = 0;
+        }
+        return CRAFT_EIO;
+    }
+    return s->ilog->get_logs(s->ilog->ctx, lo, max_n, max_bytes, out, n);
+}
+
 static int l_store(void *ctx, const craft_log_t *logs, size_t n)
 {
     craft_fuzzy_store_t *s = ctx;
@@ -199,6 +214,7 @@ int craft_fuzzy_store_new(craft_log_store_t *inner_log, craft_stable_store_t *in
     s->log.first_index = l_first;
     s->log.last_index = l_last;
     s->log.get_log = l_get;
+    s->log.get_logs = inner_log->get_logs != NULL ? l_get_range : NULL;
     s->log.store_logs = l_store;
     s->log.delete_range = l_delete;
     if (inner_log->stage_commit_index != NULL && inner_log->get_commit_index != NULL) {

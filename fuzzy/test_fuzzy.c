@@ -273,7 +273,20 @@ START_TEST(test_store_freeze_and_faults)
     ck_assert_int_eq(craft_fuzzy_store_new(ilog, istable, 7, &s, &log, &stable), 0);
     craft_log_t e = {.index = 1, .term = 1, .type = CRAFT_LOG_COMMAND, .data = "x", .len = 1};
     ck_assert_int_eq(log->store_logs(log->ctx, &e, 1), 0);
+    /* The ranged read is offered (the inner store has it) and goes through. */
+    ck_assert(log->get_logs != NULL);
+    craft_log_t got[2];
+    size_t n = 99;
+    ck_assert_int_eq(log->get_logs(log->ctx, 1, 2, SIZE_MAX, got, &n), 0);
+    ck_assert_uint_eq(n, 1);
+    ck_assert_uint_eq(got[0].index, 1);
+    craft_log_release(&got[0]);
     craft_fuzzy_store_freeze(s);
+    /* Reads fail like get_log once the store failed. */
+    n = 99;
+    ck_assert_int_eq(log->get_logs(log->ctx, 1, 2, SIZE_MAX, got, &n), CRAFT_EIO);
+    ck_assert_uint_eq(n, 0);
+    ck_assert_int_eq(log->get_log(log->ctx, 1, &got[0]), CRAFT_EIO);
     e.index = 2;
     ck_assert_int_eq(log->store_logs(log->ctx, &e, 1), CRAFT_EIO);
     ck_assert_int_eq(stable->set_uint64(stable->ctx, "CurrentTerm", 3), CRAFT_EIO);
@@ -295,6 +308,16 @@ START_TEST(test_store_freeze_and_faults)
     ck_assert_int_eq(stable->set_uint64(stable->ctx, "CurrentTerm", 4), CRAFT_EIO);
     ck_assert_uint_eq(craft_fuzzy_store_faults(s), 1);
     craft_fuzzy_store_free(s);
+
+    /* Over a store without get_logs the wrapper does not offer it either
+     * (a NULL it forwarded to would crash; one it bypassed would skip the
+     * fault policy). */
+    ck_assert_int_eq(craft_inmem_store_new(&ilog, &istable), 0);
+    craft_log_store_t plain = *ilog;
+    plain.get_logs = NULL;
+    ck_assert_int_eq(craft_fuzzy_store_new(&plain, istable, 7, &s, &log, &stable), 0);
+    ck_assert(log->get_logs == NULL);
+    craft_fuzzy_store_free(s); /* closes `plain`, i.e. ilog */
 }
 END_TEST
 

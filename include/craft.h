@@ -319,6 +319,20 @@ typedef struct craft_log_store {
     /* Returns the last persisted commit index (0 when none). NULL when the
      * extension is not offered. */
     int (*get_commit_index)(void *ctx, uint64_t *index);
+    /* Optional ranged read (NULL = not offered; craft then loops over
+     * get_log). Copies consecutive entries lo, lo+1, ... into out[0..*n-1]:
+     * at most `max_n` (>= 1; `out` has room for them), stopping before the
+     * first missing index and before an entry that would make the sum of
+     * len + ext_len of the entries copied exceed `max_bytes`, except that
+     * entry `lo` is always copied whatever its size. Each out[i] is owned
+     * by the caller exactly as with get_log (craft_log_release each one).
+     * Returns 0 with *n >= 1; CRAFT_ENOTFOUND when `lo` is absent (index 0
+     * included); CRAFT_EINVAL for NULL out/n or max_n == 0; or a store
+     * error such as CRAFT_ECORRUPT or CRAFT_EIO, even when the failing
+     * entry is not the first. On any error *n = 0 and nothing is left
+     * allocated. Thread-safe like get_log. */
+    int (*get_logs)(void *ctx, uint64_t lo, size_t max_n, size_t max_bytes,
+                    craft_log_t *out, size_t *n);
     /* Frees the store. Called by the application, never by craft. */
     void (*close)(void *ctx);
 } craft_log_store_t;

@@ -10,7 +10,8 @@
  * plus a memmove. Gaps are allowed: hashicorp stores accept entries that are
  * not contiguous with the existing ones (e.g. after a snapshot restore), so
  * first_index/last_index are the smallest/largest stored indexes and
- * get_log of an index inside a gap is CRAFT_ENOTFOUND.
+ * get_log of an index inside a gap is CRAFT_ENOTFOUND (and get_logs stops
+ * before it).
  *
  * Every entry owns malloc'd copies of its data and ext (NULL when empty).
  *
@@ -144,6 +145,54 @@ static int log_get_log(void *ctx, uint64_t index, craft_log_t *out)
     if (pos < s->count && s->entries[s->head + pos].index == index) {
         rv = entry_copy(out, &s->entries[s->head + pos]);
     }
+    pthread_mutex_unlock(&s->mu);
+    return rv;
+}
+
+static int log_get_logs(void *ctx, uint64_t lo, size_t max_n, size_t max_bytes,
+                        craft_log_t *out, size_t *n)
+{
+    inmem_log_store_t *s = ctx;
+    if (n != NULL) {
+        *n = 0;
+    }
+    if (s == NULL || out == NULL || n == NULL || max_n == 0) {
+        return CRAFT_EINVAL;
+    }
+    if (lo == 0) {
+        return CRAFT_ENOTFOUND;
+    }
+    int rv = 0;
+    size_t k = 0;
+    size_t bytes = 0;
+    pthread_mutex_lock(&s->mu);
+    size_t pos = lower_bound(s, lo);
+    const craft_log_t *base = s->entries + s->head;
+    if (pos >= s->count || base[pos].index != lo) {
+        rv = CRAFT_ENOTFOUND;
+        goto out_unlock;
+    }
+    /* Entries are sorted and unique: the run is consecutive while each
+     * index is its predecessor's plus one. */
+    for (; k < max_n && pos + k < s->count && base[pos + k].index == lo + k; k++) {
+        const craft_log_t *e = &base[pos + k];
+        size_t size = e->len + e->ext_len;
+        if (k > 0 && (size > max_bytes || bytes > max_bytes - size)) {
+            break;
+        }
+        bytes += size;
+        if ((rv = entry_copy(&out[k], e)) != 0) {
+            goto err_after_copies;
+        }
+    }
+    *n = k;
+    goto out_unlock;
+
+err_after_copies:
+    for (size_t i = 0; i < k; i++) {
+        craft_log_release(&out[i]);
+    }
+out_unlock:
     pthread_mutex_unlock(&s->mu);
     return rv;
 }
@@ -337,6 +386,7 @@ static int log_store_new(craft_log_store_t **out)
     s->iface.delete_range = log_delete_range;
     s->iface.stage_commit_index = log_stage_commit_index;
     s->iface.get_commit_index = log_get_commit_index;
+    s->iface.get_logs = log_get_logs;
     s->iface.close = log_close;
     *out = &s->iface;
     return 0;

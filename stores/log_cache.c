@@ -8,6 +8,15 @@
  * (hashicorp's LogCache has that race). `slot_mu` guards the slots and is
  * held only to look up or swap one entry, so hits never wait for an fsync.
  * Lock order: write_mu, then slot_mu.
+ *
+ * get_logs is always offered: a range whose every entry is cached (up to
+ * max_n, max_bytes or the backing store's last index) is copied from the
+ * slots under one hold of slot_mu; anything else goes to the backing store
+ * whole (its get_logs, or a get_log loop when it has none), never half from
+ * each. As with get_log, a read concurrent with a store_logs that overwrites
+ * cached indexes without deleting them first (Raft deletes a conflicting
+ * suffix first, which empties the slots) may see some old entries: the
+ * slots are refilled one by one after the backing write.
  */
 #include "craft/log_cache.h"
 
@@ -87,6 +96,156 @@ static int lc_get_log(void *ctx, uint64_t index, craft_log_t *out)
         pthread_mutex_unlock(&c->slot_mu);
     }
     return c->backing->get_log(c->backing->ctx, index, out);
+}
+
+/* Copies the cached entry in `s` into *out with fresh buffers. Caller holds
+ * slot_mu. */
+static int lc_copy_slot(const lc_slot_t *s, craft_log_t *out)
+{
+    craft_log_t e = s->entry;
+    void *data = NULL, *ext = NULL;
+    if (e.len > 0 && (data = malloc(e.len)) == NULL) {
+        return CRAFT_ENOMEM;
+    }
+    if (e.ext_len > 0 && (ext = malloc(e.ext_len)) == NULL) {
+        free(data);
+        return CRAFT_ENOMEM;
+    }
+    if (e.len > 0) {
+        memcpy(data, e.data, e.len);
+    }
+    if (e.ext_len > 0) {
+        memcpy(ext, e.ext, e.ext_len);
+    }
+    e.data = data;
+    e.ext = ext;
+    *out = e;
+    return 0;
+}
+
+/* Serves lo.. from the slots when every entry the read returns is cached
+ * and the cache also shows where the read stops (max_n, max_bytes, or the
+ * end of the log). Returns true when served (result in *rv), false when the
+ * whole read must go to the backing store. Everything happens under one
+ * hold of slot_mu: a slot is filled only after its entry is durable and
+ * emptied before its delete starts. */
+static bool lc_get_logs_cached(log_cache_t *c, uint64_t lo, size_t max_n,
+                               size_t max_bytes, craft_log_t *out, size_t *n,
+                               int *rv)
+{
+    size_t k = 0;
+    size_t bytes = 0;
+    bool miss = false;
+    *rv = 0;
+    pthread_mutex_lock(&c->slot_mu);
+    for (; k < max_n && lo + k != 0; k++) {
+        const lc_slot_t *s = lc_slot(c, lo + k);
+        if (s->index != lo + k) {
+            miss = true;
+            break;
+        }
+        size_t size = s->entry.len + s->entry.ext_len;
+        if (k > 0 && (size > max_bytes || bytes > max_bytes - size)) {
+            break;
+        }
+        bytes += size;
+    }
+    if (miss && k > 0) {
+        /* Past the last index the read ends anyway (the common case: a
+         * read of the newest entries). Otherwise the entry is merely not
+         * cached, or it is being written right now: ask the backing store.
+         * Its last_index is read under slot_mu (no lock of the backing
+         * store is ever held while taking slot_mu, so no cycle). */
+        uint64_t last = 0;
+        if (c->backing->last_index(c->backing->ctx, &last) == 0 &&
+            lo + k > last) {
+            miss = false;
+        }
+    }
+    if (miss) {
+        pthread_mutex_unlock(&c->slot_mu);
+        return false;
+    }
+    size_t want = k;
+    for (k = 0; k < want; k++) {
+        if ((*rv = lc_copy_slot(lc_slot(c, lo + k), &out[k])) != 0) {
+            break;
+        }
+    }
+    pthread_mutex_unlock(&c->slot_mu);
+    if (*rv != 0) {
+        for (size_t i = 0; i < k; i++) {
+            craft_log_release(&out[i]);
+        }
+        k = 0;
+    }
+    *n = k;
+    return true;
+}
+
+/* The backing store's get_logs, or a get_log loop with the same contract
+ * when it does not offer one. */
+static int lc_backing_get_logs(log_cache_t *c, uint64_t lo, size_t max_n,
+                               size_t max_bytes, craft_log_t *out, size_t *n)
+{
+    craft_log_store_t *b = c->backing;
+    if (b->get_logs != NULL) {
+        return b->get_logs(b->ctx, lo, max_n, max_bytes, out, n);
+    }
+    size_t k = 0;
+    size_t bytes = 0;
+    int rv = 0;
+    for (; k < max_n && lo + k != 0; k++) {
+        craft_log_t e;
+        memset(&e, 0, sizeof e);
+        rv = b->get_log(b->ctx, lo + k, &e);
+        if (rv == CRAFT_ENOTFOUND && k > 0) {
+            rv = 0; /* the end of the run */
+            break;
+        }
+        if (rv != 0) {
+            goto err_after_entries;
+        }
+        size_t size = e.len + e.ext_len;
+        if (k > 0 && (size > max_bytes || bytes > max_bytes - size)) {
+            craft_log_release(&e);
+            break;
+        }
+        bytes += size;
+        out[k] = e;
+    }
+    *n = k;
+    return 0;
+
+err_after_entries:
+    for (size_t i = 0; i < k; i++) {
+        craft_log_release(&out[i]);
+    }
+    return rv;
+}
+
+static int lc_get_logs(void *ctx, uint64_t lo, size_t max_n, size_t max_bytes,
+                       craft_log_t *out, size_t *n)
+{
+    log_cache_t *c = ctx;
+    if (n != NULL) {
+        *n = 0;
+    }
+    if (out == NULL || n == NULL || max_n == 0) {
+        return CRAFT_EINVAL;
+    }
+    if (lo == 0) {
+        return CRAFT_ENOTFOUND;
+    }
+    int rv;
+    if (lc_get_logs_cached(c, lo, max_n, max_bytes, out, n, &rv)) {
+        return rv;
+    }
+    rv = lc_backing_get_logs(c, lo, max_n, max_bytes, out, n);
+    if (rv != 0) {
+        *n = 0;
+    }
+    return rv;
 }
 
 /* Caches a copy of `l`. A failed allocation leaves the slot empty: the
@@ -237,6 +396,7 @@ int craft_log_cache_new(size_t capacity, craft_log_store_t *backing,
             backing->stage_commit_index != NULL ? lc_stage_commit_index : NULL,
         .get_commit_index =
             backing->get_commit_index != NULL ? lc_get_commit_index : NULL,
+        .get_logs = lc_get_logs,
         .close = lc_close,
     };
     *out = &c->store;

@@ -49,6 +49,7 @@ enum {
     ST_ROLLBACK,
     ST_LOG_PUT,
     ST_LOG_GET,
+    ST_LOG_RANGE,
     ST_LOG_DELETE,
     ST_LOG_MIN,
     ST_LOG_MAX,
@@ -71,6 +72,9 @@ static const char *const sq_stmt_sql[ST__N] = {
                    " VALUES (?, ?, ?, ?, ?, ?, ?)",
     [ST_LOG_GET] = "SELECT term, type, data, ext, appended_at, crc"
                    " FROM logs WHERE idx = ?",
+    /* Same columns as ST_LOG_GET, then idx. */
+    [ST_LOG_RANGE] = "SELECT term, type, data, ext, appended_at, crc, idx"
+                     " FROM logs WHERE idx BETWEEN ? AND ? ORDER BY idx",
     [ST_LOG_DELETE] = "DELETE FROM logs WHERE idx BETWEEN ? AND ?",
     /* min()/max() of the rowid are a single b-tree descent, not a scan. */
     [ST_LOG_MIN] = "SELECT min(idx) FROM logs",
@@ -355,50 +359,36 @@ static int sq_column_copy(sqlite3_stmt *s, int col, void **buf, size_t *len)
     return 0;
 }
 
-static int sq_get_log(void *ctx, uint64_t index, craft_log_t *out)
+/* Checks the sqlite types of an entry row whose columns 0..5 are term,
+ * type, data, ext, appended_at, crc (ST_LOG_GET and ST_LOG_RANGE). Must run
+ * before any sqlite3_column_bytes/blob call: those convert the value, after
+ * which its type can no longer be read. */
+static int sq_row_check(const sq_db_t *d, sqlite3_stmt *s, uint64_t index)
 {
-    sq_db_t *d = ctx;
-    void *data = NULL, *ext = NULL;
-    size_t len = 0, ext_len = 0;
-    int rv;
-
-    if (out == NULL) {
-        return CRAFT_EINVAL;
-    }
-    if (index == 0 || index > INT64_MAX) {
-        return CRAFT_ENOTFOUND;
-    }
-    pthread_mutex_lock(&d->mu);
-    if ((rv = sq_check_failed(d)) != 0) {
-        goto out_unlock;
-    }
-    sqlite3_stmt *s = d->st[ST_LOG_GET];
-    sqlite3_bind_int64(s, 1, (int64_t)index);
-    int rc = sqlite3_step(s);
-    if (rc == SQLITE_DONE) {
-        rv = CRAFT_ENOTFOUND;
-        goto out_reset;
-    }
-    if (rc != SQLITE_ROW) {
-        sq_log(d, CRAFT_LEVEL_ERROR, "get_log failed: %s index=%" PRIu64,
-               sqlite3_errstr(rc), index);
-        rv = sq_map(rc);
-        goto out_reset;
-    }
     for (int col = 0; col < 6; col++) {
         int t = sqlite3_column_type(s, col);
         if ((col == 2 || col == 3) ? (t != SQLITE_BLOB && t != SQLITE_NULL)
                                    : t != SQLITE_INTEGER) {
-            rv = CRAFT_ECORRUPT;
             sq_log(d, CRAFT_LEVEL_ERROR,
                    "corrupt entry: column %d has sqlite type %d index=%" PRIu64,
                    col, t, index);
-            goto out_reset;
+            return CRAFT_ECORRUPT;
         }
     }
+    return 0;
+}
+
+/* Copies a row that passed sq_row_check into *out (data and ext malloc'd)
+ * after verifying its CRC-32C. Nothing is left allocated on error. */
+static int sq_row_entry(const sq_db_t *d, sqlite3_stmt *s, uint64_t index,
+                        craft_log_t *out)
+{
+    void *data = NULL, *ext = NULL;
+    size_t len = 0, ext_len = 0;
+    int rv;
     if ((rv = sq_column_copy(s, 2, &data, &len)) != 0 ||
         (rv = sq_column_copy(s, 3, &ext, &ext_len)) != 0) {
-        goto out_free;
+        goto err_after_copy;
     }
     craft_log_t e = {
         .index = index,
@@ -416,14 +406,135 @@ static int sq_get_log(void *ctx, uint64_t index, craft_log_t *out)
                "corrupt entry: checksum mismatch index=%" PRIu64 " path=%s",
                index, d->path);
         rv = CRAFT_ECORRUPT;
-        goto out_free;
+        goto err_after_copy;
     }
     *out = e;
-    goto out_reset;
+    return 0;
 
-out_free:
+err_after_copy:
     free(data);
     free(ext);
+    return rv;
+}
+
+static int sq_get_log(void *ctx, uint64_t index, craft_log_t *out)
+{
+    sq_db_t *d = ctx;
+    int rv;
+
+    if (out == NULL) {
+        return CRAFT_EINVAL;
+    }
+    if (index == 0 || index > INT64_MAX) {
+        return CRAFT_ENOTFOUND;
+    }
+    pthread_mutex_lock(&d->mu);
+    if ((rv = sq_check_failed(d)) != 0) {
+        goto out_unlock;
+    }
+    sqlite3_stmt *s = d->st[ST_LOG_GET];
+    sqlite3_bind_int64(s, 1, (int64_t)index);
+    int rc = sqlite3_step(s);
+    if (rc == SQLITE_DONE) {
+        rv = CRAFT_ENOTFOUND;
+    } else if (rc != SQLITE_ROW) {
+        sq_log(d, CRAFT_LEVEL_ERROR, "get_log failed: %s index=%" PRIu64,
+               sqlite3_errstr(rc), index);
+        rv = sq_map(rc);
+    } else if ((rv = sq_row_check(d, s, index)) == 0) {
+        rv = sq_row_entry(d, s, index, out);
+    }
+    sqlite3_reset(s);
+    sqlite3_clear_bindings(s);
+out_unlock:
+    pthread_mutex_unlock(&d->mu);
+    return rv;
+}
+
+static bool sq_blob_or_null(sqlite3_stmt *s, int col)
+{
+    int t = sqlite3_column_type(s, col);
+    return t == SQLITE_BLOB || t == SQLITE_NULL;
+}
+
+/* One statement for the whole range (rows come in idx order from the rowid
+ * b-tree), under one hold of the mutex. Each row gets the same checks as
+ * get_log. */
+static int sq_get_logs(void *ctx, uint64_t lo, size_t max_n, size_t max_bytes,
+                       craft_log_t *out, size_t *n)
+{
+    sq_db_t *d = ctx;
+    size_t k = 0;
+    size_t bytes = 0;
+    int rv;
+
+    if (n != NULL) {
+        *n = 0;
+    }
+    if (out == NULL || n == NULL || max_n == 0) {
+        return CRAFT_EINVAL;
+    }
+    if (lo == 0 || lo > INT64_MAX) {
+        return CRAFT_ENOTFOUND;
+    }
+    uint64_t hi = (uint64_t)INT64_MAX;
+    if (max_n - 1 < hi - lo) {
+        hi = lo + (max_n - 1);
+    }
+    pthread_mutex_lock(&d->mu);
+    if ((rv = sq_check_failed(d)) != 0) {
+        goto out_unlock;
+    }
+    sqlite3_stmt *s = d->st[ST_LOG_RANGE];
+    sqlite3_bind_int64(s, 1, (int64_t)lo);
+    sqlite3_bind_int64(s, 2, (int64_t)hi);
+    for (;;) {
+        int rc = sqlite3_step(s);
+        if (rc == SQLITE_DONE) {
+            break;
+        }
+        if (rc != SQLITE_ROW) {
+            sq_log(d, CRAFT_LEVEL_ERROR,
+                   "get_logs failed: %s lo=%" PRIu64 " index=%" PRIu64,
+                   sqlite3_errstr(rc), lo, lo + k);
+            rv = sq_map(rc);
+            goto err_after_rows;
+        }
+        /* idx is the rowid: always an integer. A gap ends the run. */
+        if ((uint64_t)sqlite3_column_int64(s, 6) != lo + k) {
+            break;
+        }
+        /* The byte budget decides first whether this row is returned (a
+         * damaged row past the budget fails nothing); its size is only
+         * known when data and ext are BLOB or NULL, and reading it does not
+         * convert those types. A row whose size is unknown is refused. */
+        if (k > 0 && sq_blob_or_null(s, 2) && sq_blob_or_null(s, 3)) {
+            size_t size = (size_t)sqlite3_column_bytes(s, 2) +
+                          (size_t)sqlite3_column_bytes(s, 3);
+            if (size > max_bytes || bytes > max_bytes - size) {
+                break;
+            }
+        }
+        if ((rv = sq_row_check(d, s, lo + k)) != 0 ||
+            (rv = sq_row_entry(d, s, lo + k, &out[k])) != 0) {
+            goto err_after_rows;
+        }
+        bytes += out[k].len + out[k].ext_len;
+        k++;
+        if (k == max_n) {
+            break;
+        }
+    }
+    if (k == 0) {
+        rv = CRAFT_ENOTFOUND;
+    }
+    *n = k;
+    goto out_reset;
+
+err_after_rows:
+    for (size_t i = 0; i < k; i++) {
+        craft_log_release(&out[i]);
+    }
 out_reset:
     sqlite3_reset(s);
     sqlite3_clear_bindings(s);
@@ -1095,6 +1206,7 @@ int craft_sqlite_open(const char *path, const craft_sqlite_options_t *opts,
         .delete_range = sq_delete_range,
         .stage_commit_index = sq_stage_commit_index,
         .get_commit_index = sq_get_commit_index,
+        .get_logs = sq_get_logs,
         .close = sq_log_close,
     };
     d->stable = (craft_stable_store_t){

@@ -25,7 +25,11 @@
  *  - get_log returns NULL data/ext for empty ones; StableStore get may return
  *    NULL or a buffer for an empty value;
  *  - the staged commit index is persisted by the next store_logs at the
- *    latest (the suite only reads it after a store_logs).
+ *    latest (the suite only reads it after a store_logs);
+ *  - get_logs (optional: its checks pass trivially when the store leaves it
+ *    NULL, so a runner for a store that offers it should check it is set)
+ *    returns exactly the entries its contract in craft.h names, byte-exact,
+ *    sets *n = 0 on every error, and writes nothing past out[max_n - 1].
  *
  * Ownership: `f` (and f->arg) are borrowed and must outlive the srunner run.
  * The suites keep `f` in a file-level variable, so one process runs one

@@ -189,6 +189,84 @@ static void expect_bounds(uint64_t first, uint64_t last)
     ck_assert_uint_eq(l, last);
 }
 
+/* ---- get_logs (optional) ---- */
+
+static bool offers_get_logs(void)
+{
+    return L->get_logs != NULL;
+}
+
+static size_t size_of(uint64_t idx)
+{
+    return data_len_of(idx) + ext_len_of(idx);
+}
+
+/* How many entries get_logs(lo, max_n, max_bytes) must return when every
+ * index lo..last is stored: the contract's byte rule, computed
+ * independently of any store. */
+static size_t expected_count(uint64_t lo, uint64_t last, size_t max_n,
+                             size_t max_bytes)
+{
+    size_t k = 0;
+    size_t bytes = 0;
+    while (k < max_n && lo + k <= last) {
+        size_t sz = size_of(lo + k);
+        if (k > 0 && bytes + sz > max_bytes) {
+            break;
+        }
+        bytes += sz;
+        k++;
+    }
+    return k;
+}
+
+/* get_logs(lo, max_n, max_bytes) succeeds with exactly `want_n` entries,
+ * each what make_entry(lo + i, term) produced, with term = term_before
+ * below index `split` and term_from from it on; releases them. The tests
+ * keep fewer than 1024 entries in reach of one read. */
+static void expect_logs_split(uint64_t lo, size_t max_n, size_t max_bytes,
+                              size_t want_n, uint64_t split,
+                              uint64_t term_before, uint64_t term_from)
+{
+    size_t room = max_n < 1024 ? max_n : 1024;
+    craft_log_t *out = calloc(room, sizeof *out);
+    ck_assert_ptr_nonnull(out);
+    size_t n = 12345;
+    int rv = L->get_logs(L->ctx, lo, max_n, max_bytes, out, &n);
+    ck_assert_msg(rv == 0, "get_logs(%llu, %zu, %zu) = %s",
+                  (unsigned long long)lo, max_n, max_bytes, craft_err_name(rv));
+    ck_assert_msg(n == want_n,
+                  "get_logs(%llu, %zu, %zu) returned %zu entries, want %zu",
+                  (unsigned long long)lo, max_n, max_bytes, n, want_n);
+    for (size_t i = 0; i < n; i++) {
+        uint64_t term = lo + i < split ? term_before : term_from;
+        ck_assert_msg(entry_matches(&out[i], lo + i, term),
+                      "get_logs(%llu): entry %zu (index %llu) differs from "
+                      "what was stored (index %llu term %llu)",
+                      (unsigned long long)lo, i,
+                      (unsigned long long)out[i].index,
+                      (unsigned long long)(lo + i), (unsigned long long)term);
+        craft_log_release(&out[i]);
+    }
+    free(out);
+}
+
+static void expect_logs(uint64_t lo, size_t max_n, size_t max_bytes,
+                        size_t want_n, uint64_t term)
+{
+    expect_logs_split(lo, max_n, max_bytes, want_n, 0, term, term);
+}
+
+static void expect_logs_missing(uint64_t lo)
+{
+    craft_log_t out[4];
+    size_t n = 12345;
+    int rv = L->get_logs(L->ctx, lo, 4, SIZE_MAX, out, &n);
+    ck_assert_msg(rv == CRAFT_ENOTFOUND, "get_logs(%llu) = %s, want CRAFT_ENOTFOUND",
+                  (unsigned long long)lo, craft_err_name(rv));
+    ck_assert_uint_eq(n, 0);
+}
+
 /* ---- tests ---- */
 
 START_TEST(test_empty)
@@ -498,6 +576,220 @@ START_TEST(test_many_entries)
 }
 END_TEST
 
+/* ---- get_logs (optional; every check is skipped when not offered) ---- */
+
+START_TEST(test_get_logs_full_range)
+{
+    if (!offers_get_logs()) {
+        return;
+    }
+    store_range(L, 1, 100, 1);
+    store_range(L, 101, 50, 2);
+    expect_logs(1, 100, SIZE_MAX, 100, 1);
+    expect_logs(101, 50, SIZE_MAX, 50, 2);
+    /* Across the two batches, and past the last index (stops there). */
+    expect_logs_split(1, 150, SIZE_MAX, 150, 101, 1, 2);
+    expect_logs_split(90, SIZE_MAX, SIZE_MAX, 61, 101, 1, 2);
+    expect_logs(120, 1000, SIZE_MAX, 31, 2);
+    expect_logs(150, 64, SIZE_MAX, 1, 2);
+    /* Copies owned by the caller, independent of each other. */
+    craft_log_t a[3];
+    craft_log_t b[3];
+    size_t na = 0;
+    size_t nb = 0;
+    ck_assert_int_eq(L->get_logs(L->ctx, 5, 3, SIZE_MAX, a, &na), 0);
+    ck_assert_int_eq(L->get_logs(L->ctx, 5, 3, SIZE_MAX, b, &nb), 0);
+    ck_assert_uint_eq(na, 3);
+    ck_assert_uint_eq(nb, 3);
+    for (size_t i = 0; i < 3; i++) {
+        ck_assert_ptr_ne(a[i].data, b[i].data);
+        memset((void *)a[i].data, 0xAA, a[i].len);
+        craft_log_release(&a[i]);
+        ck_assert_ptr_null(a[i].data);
+        ck_assert(entry_matches(&b[i], 5 + i, 1));
+        craft_log_release(&b[i]);
+    }
+    expect_logs(5, 3, SIZE_MAX, 3, 1);
+}
+END_TEST
+
+START_TEST(test_get_logs_max_n)
+{
+    if (!offers_get_logs()) {
+        return;
+    }
+    store_range(L, 1, 50, 1);
+    expect_logs(1, 1, SIZE_MAX, 1, 1);
+    expect_logs(5, 10, SIZE_MAX, 10, 1);
+    expect_logs(41, 10, SIZE_MAX, 10, 1);
+    expect_logs(41, 11, SIZE_MAX, 10, 1);
+    /* Nothing is written past out[max_n - 1]. */
+    craft_log_t out[4];
+    memset(out, 0x5A, sizeof out);
+    size_t n = 0;
+    ck_assert_int_eq(L->get_logs(L->ctx, 10, 3, SIZE_MAX, out, &n), 0);
+    ck_assert_uint_eq(n, 3);
+    unsigned char canary[sizeof out[3]];
+    memset(canary, 0x5A, sizeof canary);
+    ck_assert_int_eq(memcmp(&out[3], canary, sizeof canary), 0);
+    for (size_t i = 0; i < n; i++) {
+        craft_log_release(&out[i]);
+    }
+    /* max_n == 0 and NULL pointers are errors, never a crash. */
+    n = 12345;
+    ck_assert_int_lt(L->get_logs(L->ctx, 1, 0, SIZE_MAX, out, &n), 0);
+    ck_assert_uint_eq(n, 0);
+    ck_assert_int_lt(L->get_logs(L->ctx, 1, 4, SIZE_MAX, NULL, &n), 0);
+    ck_assert_int_lt(L->get_logs(L->ctx, 1, 4, SIZE_MAX, out, NULL), 0);
+}
+END_TEST
+
+START_TEST(test_get_logs_max_bytes)
+{
+    if (!offers_get_logs()) {
+        return;
+    }
+    store_range(L, 1, 700, 1);
+    /* At least one entry, however small the budget. */
+    expect_logs(50, 64, 0, 1, 1);
+    expect_logs(96, 64, 1, 1, 1); /* 96 + 5 bytes > 1 */
+    /* Entries whose sizes add up to exactly the budget are all returned;
+     * one byte less and the last of them is not. */
+    size_t exact = 0;
+    for (uint64_t i = 10; i < 15; i++) {
+        exact += size_of(i);
+    }
+    ck_assert_uint_gt(size_of(15), 0);
+    expect_logs(10, 64, exact, 5, 1);
+    expect_logs(10, 64, exact - 1, 4, 1);
+    /* An entry of 0 bytes (679: 679 % 97 == 679 % 7 == 0) fits in what is
+     * left of a used-up budget; the 2-byte one after it does not. */
+    ck_assert_uint_eq(size_of(679), 0);
+    ck_assert_uint_eq(size_of(680), 2);
+    expect_logs(678, 64, size_of(678), 2, 1);
+    expect_logs(679, 64, 0, 1, 1);
+    expect_logs(679, 64, 1, 1, 1);
+    expect_logs(679, 64, 2, 2, 1);
+    /* A sweep of budgets and starts against the rule computed here. */
+    static const size_t budgets[] = {1, 50, 100, 101, 500, 1000, 4096, 5000};
+    static const uint64_t starts[] = {1, 2, 37, 96, 97, 98, 200, 670, 700};
+    for (size_t b = 0; b < sizeof budgets / sizeof budgets[0]; b++) {
+        for (size_t k = 0; k < sizeof starts / sizeof starts[0]; k++) {
+            uint64_t lo = starts[k];
+            expect_logs(lo, 64, budgets[b],
+                        expected_count(lo, 700, 64, budgets[b]), 1);
+            expect_logs(lo, 7, budgets[b],
+                        expected_count(lo, 700, 7, budgets[b]), 1);
+        }
+    }
+}
+END_TEST
+
+START_TEST(test_get_logs_missing)
+{
+    if (!offers_get_logs()) {
+        return;
+    }
+    expect_logs_missing(1); /* empty store */
+    store_range(L, 1, 5, 1);
+    store_range(L, 10, 3, 2);
+    expect_logs_missing(0);
+    expect_logs_missing(6);
+    expect_logs_missing(9);
+    expect_logs_missing(13);
+    expect_logs_missing(UINT64_MAX);
+    expect_logs_missing((uint64_t)INT64_MAX + 1);
+    /* A read stops at the first missing index, never skips the gap. */
+    expect_logs(1, 100, SIZE_MAX, 5, 1);
+    expect_logs(4, 100, SIZE_MAX, 2, 1);
+    expect_logs(10, 100, SIZE_MAX, 3, 2);
+}
+END_TEST
+
+START_TEST(test_get_logs_after_delete)
+{
+    if (!offers_get_logs()) {
+        return;
+    }
+    store_range(L, 1, 30, 1);
+    expect_logs(1, 64, SIZE_MAX, 30, 1); /* e.g. a cache fills here */
+    ck_assert_int_eq(L->delete_range(L->ctx, 1, 10), 0);
+    expect_logs_missing(1);
+    expect_logs_missing(10);
+    expect_logs(11, 64, SIZE_MAX, 20, 1);
+    ck_assert_int_eq(L->delete_range(L->ctx, 25, 30), 0);
+    expect_logs(11, 64, SIZE_MAX, 14, 1);
+    expect_logs_missing(25);
+    /* Raft §5.3: a conflicting suffix replaced by the leader's entries. */
+    ck_assert_int_eq(L->delete_range(L->ctx, 20, 24), 0);
+    store_range(L, 20, 8, 2);
+    expect_logs_split(11, 64, SIZE_MAX, 17, 20, 1, 2);
+    expect_logs(20, 64, SIZE_MAX, 8, 2);
+    ck_assert_int_eq(L->delete_range(L->ctx, 0, UINT64_MAX), 0);
+    expect_logs_missing(11);
+    expect_logs_missing(20);
+}
+END_TEST
+
+START_TEST(test_get_logs_large)
+{
+    if (!offers_get_logs()) {
+        return;
+    }
+    enum { BIG = 1 << 20, N = 4 };
+    unsigned char *d = malloc(BIG);
+    ck_assert_ptr_nonnull(d);
+    craft_log_t es[N];
+    for (size_t i = 0; i < N; i++) {
+        for (size_t j = 0; j < BIG; j++) {
+            d[j] = (unsigned char)((j * 2654435761u >> 13) + i);
+        }
+        es[i] = (craft_log_t){.index = 1 + i,
+                              .term = 3,
+                              .type = CRAFT_LOG_COMMAND,
+                              .data = d,
+                              .len = BIG,
+                              .ext = "ext",
+                              .ext_len = 3,
+                              .appended_at_ns = 42};
+        ck_assert_int_eq(L->store_logs(L->ctx, &es[i], 1), 0);
+    }
+    static const struct {
+        size_t max_bytes;
+        size_t want;
+    } cases[] = {
+        {SIZE_MAX, N},
+        {0, 1},
+        {BIG + 3, 1},
+        {2 * (BIG + 3) - 1, 1},
+        {2 * (BIG + 3), 2},
+        {3 * (BIG + 3) + 100, 3},
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        craft_log_t out[N];
+        size_t n = 0;
+        ck_assert_int_eq(L->get_logs(L->ctx, 1, N, cases[c].max_bytes, out, &n), 0);
+        ck_assert_msg(n == cases[c].want, "max_bytes %zu: %zu entries, want %zu",
+                      cases[c].max_bytes, n, cases[c].want);
+        for (size_t i = 0; i < n; i++) {
+            ck_assert_uint_eq(out[i].index, 1 + i);
+            ck_assert_uint_eq(out[i].term, 3);
+            ck_assert_uint_eq(out[i].len, BIG);
+            ck_assert_uint_eq(out[i].ext_len, 3);
+            ck_assert_int_eq(memcmp(out[i].ext, "ext", 3), 0);
+            const unsigned char *p = out[i].data;
+            for (size_t j = 0; j < BIG; j += 4093) {
+                ck_assert_uint_eq(p[j], (unsigned char)((j * 2654435761u >> 13) + i));
+            }
+            ck_assert_uint_eq(p[BIG - 1],
+                              (unsigned char)(((BIG - 1) * 2654435761u >> 13) + i));
+            craft_log_release(&out[i]);
+        }
+    }
+    free(d);
+}
+END_TEST
+
 /* ---- concurrency: readers while a writer appends ---- */
 
 enum { CONC_ENTRIES = 3000, CONC_BATCH = 7, CONC_READERS = 3 };
@@ -562,6 +854,27 @@ static void *conc_reader(void *arg)
                     atomic_fetch_add(&c->errors, 1);
                 }
                 craft_log_release(&got);
+                atomic_fetch_add(&c->reads, 1);
+            }
+            if (c->l->get_logs != NULL) {
+                /* Everything up to `last` is there: a read from the
+                 * random pick returns min(16, last - pick + 1) entries at
+                 * least (more if the writer got further meanwhile). */
+                craft_log_t got[16];
+                size_t n = 0;
+                uint64_t lo = picks[1];
+                size_t least = last - lo + 1 < 16 ? (size_t)(last - lo + 1) : 16;
+                if (c->l->get_logs(c->l->ctx, lo, 16, SIZE_MAX, got, &n) != 0 ||
+                    n < least || n > 16) {
+                    atomic_fetch_add(&c->errors, 1);
+                    n = 0;
+                }
+                for (size_t i = 0; i < n; i++) {
+                    if (!entry_matches(&got[i], lo + i, 3)) {
+                        atomic_fetch_add(&c->errors, 1);
+                    }
+                    craft_log_release(&got[i]);
+                }
                 atomic_fetch_add(&c->reads, 1);
             }
         }
@@ -671,6 +984,10 @@ START_TEST(test_persistence)
     for (uint64_t i = 41; i <= 45; i++) {
         expect_entry(i, 2);
     }
+    if (offers_get_logs()) {
+        expect_logs_split(11, 64, SIZE_MAX, 35, 41, 1, 2);
+        expect_logs_missing(10);
+    }
     /* The reopened store keeps working. */
     store_range(L, 46, 5, 3);
     expect_bounds(11, 50);
@@ -773,6 +1090,17 @@ Suite *craft_conformance_log_store_suite(const craft_conformance_store_factory_t
     tcase_add_test(del, test_delete_single);
     tcase_add_test(del, test_overwrite_suffix);
     suite_add_tcase(s, del);
+
+    TCase *range = tcase_create("get_logs");
+    tcase_add_checked_fixture(range, setup, teardown);
+    tcase_set_timeout(range, 60);
+    tcase_add_test(range, test_get_logs_full_range);
+    tcase_add_test(range, test_get_logs_max_n);
+    tcase_add_test(range, test_get_logs_max_bytes);
+    tcase_add_test(range, test_get_logs_missing);
+    tcase_add_test(range, test_get_logs_after_delete);
+    tcase_add_test(range, test_get_logs_large);
+    suite_add_tcase(s, range);
 
     TCase *load = tcase_create("load");
     tcase_add_checked_fixture(load, setup, teardown);

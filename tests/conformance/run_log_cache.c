@@ -1,7 +1,8 @@
 /* The LogStore conformance suite on the log cache, in front of the sqlite
  * store: a tiny cache (constant eviction and slot reuse), a large one (every
  * entry cached), and one over a backing store without the commit-tracking
- * extension (the cache must then not offer it either). The StableStore
+ * extension (the cache must then not offer it either) nor get_logs (the
+ * cache's get_logs then loops over the backing get_log). The StableStore
  * suite runs once, on the stable store paired with the cache. */
 #include <stdio.h>
 #include <stdlib.h>
@@ -20,6 +21,7 @@ typedef struct cache_factory_arg {
     const char *dir;
     size_t capacity;
     bool hide_commit_tracking;
+    bool hide_get_logs; /* the cache then loops over the backing get_log */
     unsigned seq;
     char path[512];
 } cache_factory_arg_t;
@@ -30,7 +32,7 @@ typedef struct owned {
     craft_log_store_t pub;
     craft_log_store_t *cache;
     craft_log_store_t *backing;
-    craft_log_store_t hidden; /* backing without commit tracking */
+    craft_log_store_t hidden; /* backing without some optional methods */
 } owned_t;
 
 #define CACHE(ctx) (((owned_t *)(ctx))->cache)
@@ -46,6 +48,11 @@ static int o_last(void *ctx, uint64_t *i)
 static int o_get(void *ctx, uint64_t i, craft_log_t *out)
 {
     return CACHE(ctx)->get_log(CACHE(ctx)->ctx, i, out);
+}
+static int o_get_logs(void *ctx, uint64_t lo, size_t max_n, size_t max_bytes,
+                      craft_log_t *out, size_t *n)
+{
+    return CACHE(ctx)->get_logs(CACHE(ctx)->ctx, lo, max_n, max_bytes, out, n);
 }
 static int o_store(void *ctx, const craft_log_t *l, size_t n)
 {
@@ -115,10 +122,14 @@ static int f_reopen(void *arg, craft_log_store_t **log,
         return rv;
     }
     craft_log_store_t *backing = o->backing;
+    o->hidden = *o->backing;
     if (a->hide_commit_tracking) {
-        o->hidden = *o->backing;
         o->hidden.stage_commit_index = NULL;
         o->hidden.get_commit_index = NULL;
+        backing = &o->hidden;
+    }
+    if (a->hide_get_logs) {
+        o->hidden.get_logs = NULL;
         backing = &o->hidden;
     }
     rv = craft_log_cache_new(a->capacity, backing, &o->cache);
@@ -137,6 +148,7 @@ static int f_reopen(void *arg, craft_log_store_t **log,
         .delete_range = o_delete,
         .stage_commit_index = o->cache->stage_commit_index ? o_stage : NULL,
         .get_commit_index = o->cache->get_commit_index ? o_get_commit : NULL,
+        .get_logs = o->cache->get_logs ? o_get_logs : NULL,
         .close = o_close,
     };
     *log = &o->pub;
@@ -191,10 +203,12 @@ int main(void)
     cache_factory_arg_t tiny = {.dir = dir, .capacity = 4};
     cache_factory_arg_t large = {.dir = dir, .capacity = 16384};
     cache_factory_arg_t plain = {.dir = dir, .capacity = 16,
-                                 .hide_commit_tracking = true};
+                                 .hide_commit_tracking = true,
+                                 .hide_get_logs = true};
     int failed = run("log cache (capacity 4)", &tiny, true);
     failed += run("log cache (capacity 16384)", &large, false);
-    failed += run("log cache (no commit tracking)", &plain, false);
+    failed += run("log cache (no commit tracking, no get_logs)", &plain,
+                  false);
     remove_dir(dir); /* a failed test leaves its files (no teardown) */
     return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }

@@ -19,7 +19,9 @@ typedef struct fake {
     pthread_mutex_t mu;
     craft_log_t *e[FAKE_MAX + 1];
     atomic_int gets;
+    atomic_int ranges; /* get_logs calls */
     atomic_int stages;
+    uint64_t fail_get_at; /* get_log of this index: CRAFT_EIO (0: never) */
     int fail_store_after; /* -1: never; k: store k entries, then CRAFT_EIO */
     bool closed;
 } fake_t;
@@ -81,6 +83,9 @@ static int fake_get(void *ctx, uint64_t index, craft_log_t *out)
     if (index == 0 || index > FAKE_MAX) {
         return CRAFT_ENOTFOUND;
     }
+    if (f->fail_get_at != 0 && index == f->fail_get_at) {
+        return CRAFT_EIO;
+    }
     pthread_mutex_lock(&f->mu);
     int rv = CRAFT_ENOTFOUND;
     if (f->e[index] != NULL) {
@@ -91,6 +96,32 @@ static int fake_get(void *ctx, uint64_t index, craft_log_t *out)
     }
     pthread_mutex_unlock(&f->mu);
     return rv;
+}
+
+static int fake_get_logs(void *ctx, uint64_t lo, size_t max_n,
+                         size_t max_bytes, craft_log_t *out, size_t *n)
+{
+    fake_t *f = ctx;
+    atomic_fetch_add(&f->ranges, 1);
+    *n = 0;
+    pthread_mutex_lock(&f->mu);
+    size_t k = 0;
+    size_t bytes = 0;
+    while (k < max_n && lo + k >= 1 && lo + k <= FAKE_MAX &&
+           f->e[lo + k] != NULL) {
+        size_t size = f->e[lo + k]->len + f->e[lo + k]->ext_len;
+        if (k > 0 && bytes + size > max_bytes) { /* small sizes only */
+            break;
+        }
+        bytes += size;
+        out[k] = *f->e[lo + k];
+        out[k].data = dup_buf(f->e[lo + k]->data, out[k].len);
+        out[k].ext = dup_buf(f->e[lo + k]->ext, out[k].ext_len);
+        k++;
+    }
+    pthread_mutex_unlock(&f->mu);
+    *n = k;
+    return k == 0 ? CRAFT_ENOTFOUND : 0;
 }
 
 static int fake_store(void *ctx, const craft_log_t *logs, size_t n)
@@ -145,7 +176,7 @@ static void fake_close(void *ctx)
     f->closed = true;
 }
 
-static fake_t *fake_new(bool commit_tracking)
+static fake_t *fake_new_with(bool commit_tracking, bool get_logs)
 {
     fake_t *f = calloc(1, sizeof *f);
     ck_assert_ptr_nonnull(f);
@@ -160,9 +191,15 @@ static fake_t *fake_new(bool commit_tracking)
         .delete_range = fake_delete,
         .stage_commit_index = commit_tracking ? fake_stage : NULL,
         .get_commit_index = commit_tracking ? fake_get_commit : NULL,
+        .get_logs = get_logs ? fake_get_logs : NULL,
         .close = fake_close,
     };
     return f;
+}
+
+static fake_t *fake_new(bool commit_tracking)
+{
+    return fake_new_with(commit_tracking, false);
 }
 
 static void fake_free(fake_t *f)
@@ -288,6 +325,155 @@ START_TEST(test_failed_store_invalidates)
     expect(c, 3, 1);
     expect(c, 4, 1);
     ck_assert_int_eq(atomic_load(&f->gets), 4);
+    c->close(c->ctx);
+    fake_free(f);
+}
+END_TEST
+
+/* get_logs(lo, max_n, max_bytes) returns `want` entries lo.. of term t
+ * (entries stored by store()). */
+static void expect_range(craft_log_store_t *c, uint64_t lo, size_t max_n,
+                         size_t max_bytes, size_t want, uint64_t t)
+{
+    craft_log_t out[64];
+    ck_assert_uint_le(max_n, 64);
+    size_t n = 12345;
+    int rv = c->get_logs(c->ctx, lo, max_n, max_bytes, out, &n);
+    ck_assert_msg(rv == 0, "get_logs(%llu) = %s", (unsigned long long)lo,
+                  craft_err_name(rv));
+    ck_assert_uint_eq(n, want);
+    for (size_t i = 0; i < n; i++) {
+        char w[32];
+        int len = snprintf(w, sizeof w, "%llu:%llu",
+                           (unsigned long long)(lo + i), (unsigned long long)t);
+        ck_assert_uint_eq(out[i].index, lo + i);
+        ck_assert_uint_eq(out[i].term, t);
+        ck_assert_uint_eq(out[i].len, (size_t)len);
+        ck_assert_int_eq(memcmp(out[i].data, w, (size_t)len), 0);
+        ck_assert_uint_eq(out[i].ext_len, 1);
+        ck_assert_int_eq(memcmp(out[i].ext, "x", 1), 0);
+        craft_log_release(&out[i]);
+    }
+}
+
+static int backing_reads(fake_t *f)
+{
+    return atomic_load(&f->gets) + atomic_load(&f->ranges);
+}
+
+/* Ranges served by the cache: every entry returned is cached, and the read
+ * stops at max_n, at max_bytes or at the backing store's last index. */
+START_TEST(test_get_logs_cached)
+{
+    for (int with = 0; with < 2; with++) {
+        fake_t *f = fake_new_with(true, with);
+        craft_log_store_t *c;
+        ck_assert_int_eq(craft_log_cache_new(16, &f->store, &c), 0);
+        ck_assert(c->get_logs != NULL); /* offered whatever the backing */
+        store(c, 1, 10, 1, 0);
+        expect_range(c, 1, 64, SIZE_MAX, 10, 1); /* ends at the last index */
+        expect_range(c, 3, 4, SIZE_MAX, 4, 1);
+        expect_range(c, 10, 64, SIZE_MAX, 1, 1);
+        /* "3:1" + "x" = 4 bytes each: 8 bytes hold two, 11 still two. */
+        expect_range(c, 3, 64, 8, 2, 1);
+        expect_range(c, 3, 64, 11, 2, 1);
+        expect_range(c, 3, 64, 0, 1, 1);
+        ck_assert_int_eq(backing_reads(f), 0);
+        /* After a suffix delete the new end is seen too. */
+        ck_assert_int_eq(c->delete_range(c->ctx, 9, 10), 0);
+        expect_range(c, 5, 64, SIZE_MAX, 4, 1);
+        ck_assert_int_eq(backing_reads(f), 0);
+        c->close(c->ctx);
+        fake_free(f);
+    }
+}
+END_TEST
+
+/* Anything not wholly in the cache goes to the backing store, whole: its
+ * get_logs once when offered, else one get_log per entry plus the one that
+ * finds the end. */
+START_TEST(test_get_logs_partly_cached)
+{
+    for (int with = 0; with < 2; with++) {
+        fake_t *f = fake_new_with(true, with);
+        craft_log_store_t *c;
+        ck_assert_int_eq(craft_log_cache_new(4, &f->store, &c), 0);
+        store(c, 1, 10, 1, 0); /* 7..10 cached */
+        expect_range(c, 7, 64, SIZE_MAX, 4, 1);
+        ck_assert_int_eq(backing_reads(f), 0);
+        expect_range(c, 5, 64, SIZE_MAX, 6, 1); /* 5, 6 are not cached */
+        if (with) {
+            ck_assert_int_eq(atomic_load(&f->ranges), 1);
+            ck_assert_int_eq(atomic_load(&f->gets), 0);
+        } else {
+            ck_assert_int_eq(atomic_load(&f->gets), 7);
+        }
+        c->close(c->ctx);
+        fake_free(f);
+    }
+}
+END_TEST
+
+START_TEST(test_get_logs_uncached)
+{
+    for (int with = 0; with < 2; with++) {
+        fake_t *f = fake_new_with(true, with);
+        craft_log_store_t *c;
+        ck_assert_int_eq(craft_log_cache_new(4, &f->store, &c), 0);
+        store(c, 1, 20, 1, 0);
+        expect_range(c, 1, 5, SIZE_MAX, 5, 1);
+        expect_range(c, 2, 3, 8, 2, 1); /* budget honoured by the fallback */
+        craft_log_t out[4];
+        size_t n = 12345;
+        ck_assert_int_eq(c->get_logs(c->ctx, 21, 4, SIZE_MAX, out, &n),
+                         CRAFT_ENOTFOUND);
+        ck_assert_uint_eq(n, 0);
+        ck_assert_int_eq(c->get_logs(c->ctx, 0, 4, SIZE_MAX, out, &n),
+                         CRAFT_ENOTFOUND);
+        ck_assert_int_gt(backing_reads(f), 0);
+        c->close(c->ctx);
+        fake_free(f);
+    }
+}
+END_TEST
+
+/* A slot emptied in the middle of a cached run (a failed write of that
+ * index) sends the read to the backing store, which still has term 1: the
+ * cache must not stop at the hole as if it were the end of the log. */
+START_TEST(test_get_logs_hole_is_not_the_end)
+{
+    for (int with = 0; with < 2; with++) {
+        fake_t *f = fake_new_with(true, with);
+        craft_log_store_t *c;
+        ck_assert_int_eq(craft_log_cache_new(16, &f->store, &c), 0);
+        store(c, 1, 10, 1, 0);
+        f->fail_store_after = 0;
+        store(c, 5, 5, 2, CRAFT_EIO); /* nothing written; slot 5 emptied */
+        f->fail_store_after = -1;
+        expect_range(c, 3, 64, SIZE_MAX, 8, 1);
+        ck_assert_int_gt(backing_reads(f), 0);
+        c->close(c->ctx);
+        fake_free(f);
+    }
+}
+END_TEST
+
+/* The get_log fallback fails as a whole and frees what it had read. */
+START_TEST(test_get_logs_fallback_error)
+{
+    fake_t *f = fake_new_with(true, false);
+    craft_log_store_t *c;
+    ck_assert_int_eq(craft_log_cache_new(4, &f->store, &c), 0);
+    store(c, 1, 20, 1, 0);
+    f->fail_get_at = 6;
+    craft_log_t out[8];
+    size_t n = 12345;
+    ck_assert_int_eq(c->get_logs(c->ctx, 3, 8, SIZE_MAX, out, &n), CRAFT_EIO);
+    ck_assert_uint_eq(n, 0);
+    f->fail_get_at = 0;
+    expect_range(c, 3, 8, SIZE_MAX, 8, 1);
+    ck_assert_int_eq(c->get_logs(c->ctx, 3, 0, SIZE_MAX, out, &n), CRAFT_EINVAL);
+    ck_assert_int_eq(c->get_logs(c->ctx, 3, 1, SIZE_MAX, NULL, &n), CRAFT_EINVAL);
     c->close(c->ctx);
     fake_free(f);
 }
@@ -429,6 +615,11 @@ int main(void)
     tcase_add_test(tc, test_commit_forwarding);
     tcase_add_test(tc, test_bad_arguments);
     tcase_add_test(tc, test_concurrent);
+    tcase_add_test(tc, test_get_logs_cached);
+    tcase_add_test(tc, test_get_logs_partly_cached);
+    tcase_add_test(tc, test_get_logs_uncached);
+    tcase_add_test(tc, test_get_logs_hole_is_not_the_end);
+    tcase_add_test(tc, test_get_logs_fallback_error);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
