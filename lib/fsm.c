@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lib/logread.h"
 #include "lib/raft.h"
 
 typedef struct fsm_state {
@@ -103,15 +104,13 @@ static void apply_upto(fsm_state_t *s, uint64_t upto, craft__queue_t *futures)
     while (s->applied < upto && !s->failed) {
         uint64_t lo = s->applied + 1;
         size_t want = (size_t)(upto - s->applied) < max ? (size_t)(upto - s->applied) : max;
-        size_t n = craft__window_get_range(&r->window, lo, want, s->ents);
-        for (; n < want; n++) {
-            int rv = craft__entry_at(r, lo + n, &s->ents[n]);
-            if (rv != 0) {
-                CRAFT__ERROR(&r->log, "fsm", "failed to get log: index=%llu error=%s",
-                             (unsigned long long)(lo + n), craft_strerror(rv));
-                s->failed = true;
-                break;
-            }
+        size_t n = 0;
+        int rv = craft__read_entries(r, lo, want, SIZE_MAX, s->ents, &n);
+        if (rv != 0) {
+            /* Never skip an entry: stop applying. */
+            CRAFT__ERROR(&r->log, "fsm", "failed to get log: index=%llu error=%s",
+                         (unsigned long long)lo, craft_strerror(rv));
+            s->failed = true;
         }
         if (n > 0) {
             apply_batch(s, n, futures);

@@ -8,6 +8,8 @@
  */
 #include "lib/replication.h"
 
+#include "lib/logread.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -112,29 +114,15 @@ static int build_request(craft__repl_t *p, uint64_t next, uint64_t last,
     if (want > (size_t)r->conf.max_append_entries) {
         want = (size_t)r->conf.max_append_entries;
     }
-    size_t n = craft__window_get_range(&r->window, next, want, ents);
-    if (n == 0) {
-        /* Older than the window: read from the store. */
-        for (; n < want; n++) {
-            rv = craft__entry_at(r, next + n, &ents[n]);
-            if (rv != 0) {
-                release_entries(ents, n);
-                return rv;
-            }
-        }
+    /* From the window, else one ranged store read (a far-behind peer is
+     * fed a batch per call, not an entry per call); bounded in bytes too
+     * (at least one entry), so a batch of large commands stays under
+     * transports' frame limits. */
+    size_t n = 0;
+    rv = craft__read_entries(r, next, want, CRAFT__MAX_BATCH_BYTES, ents, &n);
+    if (rv != 0) {
+        return rv;
     }
-    /* Bound the request in bytes too (at least one entry), so a batch of
-     * large commands stays under transports' frame limits. */
-    size_t bytes = 0, keep = n;
-    for (size_t i = 0; i < n; i++) {
-        bytes += ents[i]->log.len + ents[i]->log.ext_len;
-        if (i > 0 && bytes > CRAFT__MAX_BATCH_BYTES) {
-            keep = i;
-            break;
-        }
-    }
-    release_entries(ents + keep, n - keep);
-    n = keep;
     for (size_t i = 0; i < n; i++) {
         logs[i] = ents[i]->log;
     }
