@@ -365,6 +365,9 @@ static craft_future_t *submit_future(craft_t *r, craft_future_t *f, int type,
         craft__future_complete(f, CRAFT_ESHUTDOWN);
     } else if (atomic_load(&r->state) != CRAFT_LEADER) {
         craft__future_complete(f, CRAFT_ENOTLEADER);
+    } else if (type == CRAFT__RUN_APPLY &&
+               craft__leader_apply_inline(r, f)) {
+        /* handled on this thread: a hand-off less */
     } else if (craft__mailbox_post(&r->run_mb, &f->msg) != 0) {
         craft__future_complete(f, CRAFT_ESHUTDOWN);
     }

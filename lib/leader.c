@@ -747,12 +747,65 @@ static void leader_exit(craft_t *r)
     }
 }
 
+/* What the leader does after handling messages: write what is pending,
+ * commit, drive a transfer, trim the window. */
+static void leader_tail(craft_t *r)
+{
+    flush_pending(r);
+    flush_config_changes(r);
+    /* Ask the replication side to wake us on commits only while something
+     * here waits for one; set before process_commit so that no commit falls
+     * between the two. */
+    atomic_store(&r->commit_watch, !craft__queue_empty(&L(r)->pending) ||
+                                       !craft__queue_empty(&L(r)->config_pending) ||
+                                       !craft__queue_empty(&L(r)->reads_waiting) ||
+                                       r->latest_index > r->committed_index ||
+                                       atomic_load(&r->commit_index) < L(r)->start_index);
+    process_commit(r);
+    check_transfer(r);
+    if (atomic_load(&r->state) == CRAFT_LEADER) {
+        craft__trim_window(r);
+    }
+}
+
+bool craft__leader_apply_inline(craft_t *r, craft_future_t *f)
+{
+    if (!atomic_load(&r->run_token_live) || atomic_load(&r->state) != CRAFT_LEADER ||
+        craft__mutex_trylock(&r->run_token) != 0) {
+        return false;
+    }
+    /* Holding the token while `idle` is set means the run thread waits in
+     * the leader loop: we act as it would on this one message. */
+    bool ok = atomic_load(&r->run_token_live) && L(r)->idle && !atomic_load(&r->shutting_down) &&
+              atomic_load(&r->state) == CRAFT_LEADER && craft__mailbox_len(&r->run_mb) == 0;
+    bool wake = false;
+    if (ok) {
+        handle_apply(r, f);
+        leader_tail(r);
+        /* The run thread must look again when the role changed or when an
+         * apply waits in the queue (its enqueue deadline is a timer). */
+        wake = atomic_load(&r->state) != CRAFT_LEADER || atomic_load(&r->shutting_down) ||
+               !craft__queue_empty(&L(r)->pending);
+    }
+    craft__mutex_unlock(&r->run_token);
+    if (wake) {
+        craft__signal(r, &r->commit_msg, &r->commit_posted);
+    }
+    return ok;
+}
+
 void craft__leader_loop(craft_t *r)
 {
     leader_enter(r);
     while (atomic_load(&r->state) == CRAFT_LEADER && !atomic_load(&r->shutting_down)) {
         int64_t deadline = expire_pending(r, L(r)->lease_deadline_ns);
+        /* While we wait, applies may be handled inline by the submitting
+         * thread (craft__leader_apply_inline). */
+        L(r)->idle = true;
+        craft__mutex_unlock(&r->run_token);
         craft__msg_t *m = craft__mailbox_wait(&r->run_mb, deadline);
+        craft__mutex_lock(&r->run_token);
+        L(r)->idle = false;
         /* Handle everything queued, then write applies as one batch. */
         for (int n = 0; m != NULL;) {
             switch (m->type) {
@@ -808,22 +861,10 @@ void craft__leader_loop(craft_t *r)
         if (atomic_load(&r->state) != CRAFT_LEADER || atomic_load(&r->shutting_down)) {
             break;
         }
-        flush_pending(r);
-        flush_config_changes(r);
-        /* Ask the replication side to wake us on commits only while
-         * something here waits for one; set before process_commit so that
-         * no commit falls between the two. */
-        atomic_store(&r->commit_watch, !craft__queue_empty(&L(r)->pending) ||
-                                           !craft__queue_empty(&L(r)->config_pending) ||
-                                           !craft__queue_empty(&L(r)->reads_waiting) ||
-                                           r->latest_index > r->committed_index ||
-                                           atomic_load(&r->commit_index) < L(r)->start_index);
-        process_commit(r);
-        check_transfer(r);
+        leader_tail(r);
         if (atomic_load(&r->state) != CRAFT_LEADER) {
             break;
         }
-        craft__trim_window(r);
         if (craft__now_ns() >= L(r)->lease_deadline_ns) {
             L(r)->lease_deadline_ns = check_lease(r);
         }

@@ -115,6 +115,7 @@ typedef struct craft__leader {
     int64_t transfer_deadline_ns;
     bool transfer_sent;
     uint64_t transfer_term;
+    bool idle; /* the run thread waits in the leader loop (token released) */
 } craft__leader_t;
 
 /* Candidate state (run thread). */
@@ -307,6 +308,9 @@ void craft__reap_vote_threads(craft_t *r, bool wait_all);
 
 /* ---- leader.c ---- */
 void craft__leader_loop(craft_t *r);
+/* Handles an apply future on the calling thread when the run thread waits
+ * idle in the leader loop (takes the run token); false = post it instead. */
+bool craft__leader_apply_inline(craft_t *r, craft_future_t *f);
 /* The latest configuration changed while leader: update voters and peers. */
 void craft__leader_configuration_changed(craft_t *r);
 
