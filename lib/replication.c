@@ -19,6 +19,17 @@ enum { SEND_OK, SEND_RETRY, SEND_STOP };
  * the TCP transport refuses frames over 64 MiB by default). */
 #define CRAFT__MAX_BATCH_BYTES ((size_t)8 << 20)
 
+/* Entries in one AppendEntries for a peer fed from the LogStore (behind the
+ * in-memory window): larger batches mean fewer store reads and fewer
+ * follower fsyncs per entry, so a lagging peer catches up instead of
+ * falling further behind under load. Still bounded by
+ * CRAFT__MAX_BATCH_BYTES and by hashicorp's 1024. */
+static size_t catchup_cap(const craft_t *r)
+{
+    size_t cap = 4 * (size_t)r->conf.max_append_entries;
+    return cap < 1024 ? cap : 1024;
+}
+
 typedef struct pipe_tag {
     uint64_t last;    /* last index carried by the request */
     int64_t sent_ns;
@@ -111,8 +122,11 @@ static int build_request(craft__repl_t *p, uint64_t next, uint64_t last,
         return 0;
     }
     size_t want = (size_t)(last - next + 1);
-    if (want > (size_t)r->conf.max_append_entries) {
-        want = (size_t)r->conf.max_append_entries;
+    uint64_t wfirst = craft__window_first(&r->window);
+    size_t cap = wfirst != 0 && next >= wfirst ? (size_t)r->conf.max_append_entries
+                                               : catchup_cap(r);
+    if (want > cap) {
+        want = cap;
     }
     /* From the window, else one ranged store read (a far-behind peer is
      * fed a batch per call, not an entry per call); bounded in bytes too
@@ -218,7 +232,7 @@ static int send_snapshot(craft__repl_t *p, int *failures)
 static int replicate_once(craft__repl_t *p, int *failures)
 {
     craft_t *r = p->r;
-    size_t max = (size_t)r->conf.max_append_entries;
+    size_t max = catchup_cap(r);
     craft_log_t logs[max];
     craft__entry_t *ents[max];
     size_t n = 0;
@@ -416,7 +430,7 @@ static int run_pipeline(craft__repl_t *p)
         p->pipe = NULL;
         return rv;
     }
-    size_t max = (size_t)r->conf.max_append_entries;
+    size_t max = catchup_cap(r);
     p->logs = malloc(max * sizeof *p->logs);
     p->ents = malloc(max * sizeof *p->ents);
     craft__mutex_lock(&p->mu);

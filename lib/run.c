@@ -274,6 +274,23 @@ static bool advance_locked(craft_t *r, uint64_t index, int *err)
     return true;
 }
 
+/* Stats: enqueue-to-commit time of the futures newly committed by moving
+ * the commit index from `old` to `index`; commit_mu held. */
+static void count_commit_times(craft_t *r, uint64_t old, uint64_t index)
+{
+    int64_t now = craft__now_ns();
+    for (craft__queue_t *e = r->commit_futures.next; e != &r->commit_futures; e = e->next) {
+        craft_future_t *f = CRAFT__QUEUE_DATA(e, craft_future_t, link);
+        if (f->index > index) {
+            break;
+        }
+        if (f->index > old) {
+            atomic_fetch_add(&r->st_commit_us, (uint64_t)(now - f->enqueued_ns) / 1000);
+            atomic_fetch_add(&r->st_commit_n, 1);
+        }
+    }
+}
+
 bool craft__commit_fast(craft_t *r, uint64_t term, craft__commitment_t *cm)
 {
     craft__mutex_lock(&r->commit_mu);
@@ -293,17 +310,7 @@ bool craft__commit_fast(craft_t *r, uint64_t term, craft__commitment_t *cm)
         craft__mutex_unlock(&r->commit_mu);
         return false;
     }
-    int64_t now = craft__now_ns();
-    for (craft__queue_t *e = r->commit_futures.next; e != &r->commit_futures; e = e->next) {
-        craft_future_t *f = CRAFT__QUEUE_DATA(e, craft_future_t, link);
-        if (f->index > index) {
-            break;
-        }
-        if (f->index > old) {
-            atomic_fetch_add(&r->st_commit_us, (uint64_t)(now - f->enqueued_ns) / 1000);
-            atomic_fetch_add(&r->st_commit_n, 1);
-        }
-    }
+    count_commit_times(r, old, index);
     int err = 0;
     bool ok = advance_locked(r, index, &err);
     craft__mutex_unlock(&r->commit_mu);
@@ -320,22 +327,10 @@ void craft__commit_to(craft_t *r, uint64_t index)
     }
     craft__mutex_lock(&r->commit_mu);
     uint64_t old = atomic_load(&r->commit_index);
-    bool advanced = index > old;
     int err = 0;
     bool ok = true;
-    if (advanced) {
-        int64_t now = craft__now_ns();
-        for (craft__queue_t *e = r->commit_futures.next; e != &r->commit_futures;
-             e = e->next) {
-            craft_future_t *f = CRAFT__QUEUE_DATA(e, craft_future_t, link);
-            if (f->index > index) {
-                break;
-            }
-            if (f->index > old) {
-                atomic_fetch_add(&r->st_commit_us, (uint64_t)(now - f->enqueued_ns) / 1000);
-                atomic_fetch_add(&r->st_commit_n, 1);
-            }
-        }
+    if (index > old) {
+        count_commit_times(r, old, index);
         ok = advance_locked(r, index, &err);
     }
     craft__mutex_unlock(&r->commit_mu);
@@ -354,7 +349,6 @@ void craft__commit_to(craft_t *r, uint64_t index)
             craft__publish_committed(r);
         }
     }
-    (void)advanced;
     craft__stage_commit(r);
 }
 
