@@ -336,10 +336,13 @@ static void handle_response(craft__repl_t *p, int rv, const craft_append_entries
 static void on_pipe_response(void *arg, int err, const craft_append_entries_resp_t *resp,
                              void *tag)
 {
-    if (tag != NULL) {
-        handle_response(arg, err != 0 || resp == NULL ? (err != 0 ? err : CRAFT_EPROTOCOL) : 0,
-                        resp, tag);
+    if (tag == NULL) {
+        return;
     }
+    if (err == 0 && resp == NULL) {
+        err = CRAFT_EPROTOCOL; /* a transport breaking the contract */
+    }
+    handle_response(arg, err, resp, tag);
 }
 
 /* Reads pipelined responses when the transport has no response callback. */
