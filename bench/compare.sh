@@ -5,7 +5,9 @@
 #
 #   bench/compare.sh [-s SECONDS] [-w WARMUP] [-r REPEATS] [-c "1 16 64"]
 #                    [-p "64 1024"] [-m "durable inmem"] [-b BUILDDIR]
-#                    [-o RESULTS.jsonl]
+#                    [-o RESULTS.jsonl] [-a]
+# -a: craft's clients are completion callbacks (craft-bench --async) instead
+#     of one OS thread each; hashicorp's are goroutines either way.
 #
 # Modes (both over TCP on 127.0.0.1, 3 nodes, timeouts 100/100/50 ms):
 #   durable  craft --store sqlite (durability full)  vs  hashicorp bolt
@@ -35,7 +37,8 @@ payloads="64 1024"
 modes="durable inmem"
 build=${BUILD:-/tmp/build-bench-compare}
 out=""
-while getopts s:w:r:c:p:m:b:o: o; do
+async=""
+while getopts s:w:r:c:p:m:b:o:a o; do
     case $o in
     s) secs=$OPTARG ;;
     w) warm=$OPTARG ;;
@@ -45,7 +48,8 @@ while getopts s:w:r:c:p:m:b:o: o; do
     m) modes=$OPTARG ;;
     b) build=$OPTARG ;;
     o) out=$OPTARG ;;
-    *) sed -n '2,25p' "$0" >&2; exit 2 ;;
+    a) async="--async" ;;
+    *) sed -n '2,27p' "$0" >&2; exit 2 ;;
     esac
 done
 [ -n "$out" ] || out=$(mktemp /tmp/compare-XXXXXX.jsonl)
@@ -62,12 +66,14 @@ hashi="$build/hashicorp-bench"
 
 # ---- facts ----
 echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ) $(uname -r) nproc=$(nproc) $(go version | cut -d' ' -f3)"
-echo "# craft $(git -C "$src" rev-parse --short HEAD 2>/dev/null || echo '?'), ${secs}s per cell, ${warm}s warm-up, $reps repeats, results in $out"
+echo "# craft $(git -C "$src" rev-parse --short HEAD 2>/dev/null || echo '?'), ${secs}s per cell, ${warm}s warm-up, $reps repeats, craft clients: ${async:+callbacks (--async)}${async:-one thread each}, results in $out"
 
 run() { # impl transport store clients payload
-    if [ "$1" = craft ]; then bin=$craft; else bin=$hashi; fi
+    extra=""
+    if [ "$1" = craft ]; then bin=$craft; extra=$async; else bin=$hashi; fi
+    # shellcheck disable=SC2086 # $extra is one flag or nothing
     line=$("$bin" --transport "$2" --store "$3" --clients "$4" --payload "$5" \
-        --seconds "$secs" --warmup "$warm" --progress-ms 0 2>>"$out.stderr") || true
+        --seconds "$secs" --warmup "$warm" --progress-ms 0 $extra 2>>"$out.stderr") || true
     if [ -z "$line" ]; then
         line="{\"impl\":\"$1\",\"transport\":\"$2\",\"store\":\"$3\",\"clients\":$4,\"payload\":$5,\"ops_per_sec\":0,\"p99_us\":0,\"failed\":true}"
     fi

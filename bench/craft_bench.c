@@ -67,6 +67,7 @@ typedef struct opts {
     bool election;
     bool verbose;
     bool stats;
+    bool async; /* clients driven by completion callbacks, no thread each */
 } opts_t;
 
 static opts_t O = {
@@ -90,6 +91,7 @@ static opts_t O = {
     .election = true,
     .verbose = false,
     .stats = false,
+    .async = false,
 };
 
 static int64_t now_ns(void)
@@ -501,6 +503,7 @@ static _Atomic uint64_t failures;     /* any other error */
 typedef struct client {
     pthread_t thread;
     int id;
+    pthread_mutex_t mu; /* --async: callbacks of its chains may overlap */
     hist_t hist; /* measured ops, microseconds */
     uint64_t ops;
 } client_t;
@@ -587,6 +590,109 @@ static void *client_main(void *arg)
     return NULL;
 }
 
+/* ---- --async: clients without a thread each ----
+ * Each client keeps `depth` chains; a chain has one apply in flight and its
+ * completion callback (run by craft on the completing thread) records the
+ * result and submits the next one, the way an event-loop application uses
+ * craft. Submissions that cannot go out from a callback (no leader, a
+ * retryable error, a callback nested too deep) go to a queue the main
+ * thread drains every millisecond. */
+
+typedef struct chain {
+    client_t *c;
+    int64_t start;
+    struct chain *next;
+} chain_t;
+
+static pthread_mutex_t resubmit_mu = PTHREAD_MUTEX_INITIALIZER;
+static chain_t *resubmit_head;
+static _Atomic int live_chains;
+static _Thread_local int chain_depth;
+
+static void chain_later(chain_t *ch)
+{
+    pthread_mutex_lock(&resubmit_mu);
+    ch->next = resubmit_head;
+    resubmit_head = ch;
+    pthread_mutex_unlock(&resubmit_mu);
+}
+
+static void chain_done(craft_future_t *f, void *arg);
+
+/* Submits the chain's next apply, or parks it for the main thread. */
+static void chain_submit(chain_t *ch)
+{
+    if (atomic_load(&phase) == PHASE_STOP) {
+        atomic_fetch_sub(&live_chains, 1);
+        return;
+    }
+    int l = find_leader(-1);
+    craft_t *r = l >= 0 ? atomic_load(&nodes[l].r) : NULL;
+    if (r == NULL || chain_depth > 4) {
+        chain_later(ch);
+        return;
+    }
+    craft_future_t *f = craft_apply(r, payload_buf, O.payload, 0);
+    if (f == NULL) {
+        die("craft_apply", CRAFT_ENOMEM);
+    }
+    chain_depth++; /* on_done runs right here when f already completed */
+    craft_future_on_done(f, chain_done, ch);
+    chain_depth--;
+}
+
+static void chain_done(craft_future_t *f, void *arg)
+{
+    chain_t *ch = arg;
+    client_t *c = ch->c;
+    int rv = craft_future_wait(f); /* completed: returns at once */
+    craft_future_free(f);
+    if (rv == 0) {
+        int64_t end = now_ns();
+        atomic_fetch_add_explicit(&total_ops, 1, memory_order_relaxed);
+        if (atomic_load(&phase) == PHASE_MEASURE) {
+            pthread_mutex_lock(&c->mu);
+            hist_add(&c->hist, (uint64_t)(end - ch->start) / 1000);
+            c->ops++;
+            pthread_mutex_unlock(&c->mu);
+        }
+        ch->start = now_ns();
+        chain_submit(ch);
+        return;
+    }
+    if (rv == CRAFT_ENOTLEADER || rv == CRAFT_ELEADERSHIPLOST || rv == CRAFT_ETRANSFER) {
+        /* Same start: the latency includes the failover. */
+        atomic_fetch_add(&retries, 1);
+    } else {
+        if (rv != CRAFT_ESHUTDOWN) {
+            atomic_fetch_add(&failures, 1);
+            if (atomic_load(&failures) <= 5) {
+                fprintf(stderr, "craft-bench: apply: %s\n", craft_strerror(rv));
+            }
+        }
+        ch->start = now_ns();
+    }
+    if (atomic_load(&phase) == PHASE_STOP) {
+        atomic_fetch_sub(&live_chains, 1);
+    } else {
+        chain_later(ch);
+    }
+}
+
+/* Main thread: resubmits parked chains. */
+static void chains_drain(void)
+{
+    pthread_mutex_lock(&resubmit_mu);
+    chain_t *list = resubmit_head;
+    resubmit_head = NULL;
+    pthread_mutex_unlock(&resubmit_mu);
+    while (list != NULL) {
+        chain_t *next = list->next;
+        chain_submit(list);
+        list = next;
+    }
+}
+
 /* ---- progress ---- */
 
 static void progress(double t, uint64_t ops_delta, double dt)
@@ -634,6 +740,12 @@ static void run_until(int64_t start, int64_t until, int64_t *last_t, uint64_t *l
         /* progress_ms 0: no progress lines, sleep to the end. */
         int64_t next = O.progress_ms > 0 ? *last_t + O.progress_ms * 1000000 : until;
         int64_t wake = next < until ? next : until;
+        if (O.async) {
+            chains_drain();
+            if (wake > t + 1000000) {
+                wake = t + 1000000;
+            }
+        }
         if (wake > t) {
             sleep_ms((wake - t + 999999) / 1000000);
         }
@@ -724,7 +836,7 @@ static void usage(const char *argv0)
             "  [--clients C] [--depth K] [--payload BYTES] [--seconds D] [--warmup W]\n"
             "  [--heartbeat-ms 100] [--election-ms 100] [--lease-ms 50] [--commit-ms T]\n"
             "  [--max-append M] [--max-inflight I] [--max-uncommitted U] [--dir DIR]\n"
-            "  [--progress-ms 1000] [--no-election] [--stats] [--verbose]\n",
+            "  [--progress-ms 1000] [--no-election] [--stats] [--verbose] [--async]\n",
             argv0);
     exit(2);
 }
@@ -773,6 +885,8 @@ static void parse(int argc, char **argv)
             O.election = false;
         } else if (strcmp(a, "--stats") == 0) {
             O.stats = true;
+        } else if (strcmp(a, "--async") == 0) {
+            O.async = true;
         } else if (strcmp(a, "--verbose") == 0) {
             O.verbose = true;
         } else {
@@ -829,8 +943,25 @@ int main(int argc, char **argv)
     int64_t start = now_ns();
     int64_t last_t = start;
     uint64_t last_ops = 0;
+    chain_t *chains = NULL;
     for (int i = 0; i < O.clients; i++) {
         clients[i].id = i;
+        pthread_mutex_init(&clients[i].mu, NULL);
+    }
+    if (O.async) {
+        size_t n = (size_t)O.clients * (size_t)O.depth;
+        chains = calloc(n, sizeof *chains);
+        if (chains == NULL) {
+            die("calloc", ENOMEM);
+        }
+        atomic_store(&live_chains, (int)n);
+        for (size_t k = 0; k < n; k++) {
+            chains[k].c = &clients[k / (size_t)O.depth];
+            chains[k].start = now_ns();
+            chain_submit(&chains[k]);
+        }
+    }
+    for (int i = 0; i < O.clients && !O.async; i++) {
         int rv = pthread_create(&clients[i].thread, NULL, client_main, &clients[i]);
         if (rv != 0) {
             die("pthread_create", rv);
@@ -848,9 +979,21 @@ int main(int argc, char **argv)
     long rss_kb = proc_status_kb("VmRSS");
     long rss_peak_kb = proc_status_kb("VmHWM");
     long rss_anon_kb = proc_status_kb("RssAnon");
-    for (int i = 0; i < O.clients; i++) {
+    for (int i = 0; i < O.clients && !O.async; i++) {
         pthread_join(clients[i].thread, NULL);
     }
+    /* --async: every chain ends with its apply in flight; wait for them. */
+    for (int64_t give_up = now_ns() + 60 * (int64_t)1000000000;
+         O.async && atomic_load(&live_chains) > 0 && now_ns() < give_up;) {
+        chains_drain();
+        sleep_ms(1);
+    }
+    if (O.async && atomic_load(&live_chains) > 0) {
+        fprintf(stderr, "craft-bench: %d async applies never completed\n",
+                atomic_load(&live_chains));
+        return 1;
+    }
+    free(chains);
     hist_t *all = calloc(1, sizeof *all);
     if (all == NULL) {
         die("calloc", ENOMEM);
@@ -884,11 +1027,12 @@ int main(int argc, char **argv)
     }
 
     printf("{\"impl\":\"craft\",\"nodes\":%d,\"transport\":\"%s\",\"store\":\"%s\","
-           "\"clients\":%d,\"depth\":%d,\"payload\":%zu,\"seconds\":%.2f,"
+           "\"clients\":%d,\"depth\":%d,\"async\":%s,\"payload\":%zu,\"seconds\":%.2f,"
            "\"ops\":%llu,\"ops_per_sec\":%.1f,\"p50_us\":%llu,\"p99_us\":%llu,"
            "\"max_us\":%llu,\"election_ms\":%.1f,\"rss_kb\":%ld,"
            "\"rss_peak_kb\":%ld,\"rss_anon_kb\":%ld,\"retries\":%llu,\"failures\":%llu}\n",
-           O.nodes, O.transport, O.store, O.clients, O.depth, O.payload, window,
+           O.nodes, O.transport, O.store, O.clients, O.depth, O.async ? "true" : "false",
+           O.payload, window,
            (unsigned long long)ops, (double)ops / window,
            (unsigned long long)hist_pct(all, 0.50),
            (unsigned long long)hist_pct(all, 0.99), (unsigned long long)all->max,
