@@ -66,7 +66,8 @@ hashi="$build/hashicorp-bench"
 
 # ---- facts ----
 echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ) $(uname -r) nproc=$(nproc) $(go version | cut -d' ' -f3)"
-echo "# craft $(git -C "$src" rev-parse --short HEAD 2>/dev/null || echo '?'), ${secs}s per cell, ${warm}s warm-up, $reps repeats, craft clients: ${async:+callbacks (--async)}${async:-one thread each}, results in $out"
+if [ -n "$async" ]; then kind="callbacks (--async)"; else kind="one thread each"; fi
+echo "# craft $(git -C "$src" rev-parse --short HEAD 2>/dev/null || echo '?'), ${secs}s per cell, ${warm}s warm-up, $reps repeats, craft clients: $kind, results in $out"
 
 run() { # impl transport store clients payload
     extra=""
