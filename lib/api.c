@@ -29,6 +29,15 @@ void craft__fail_future(craft_future_t *f, int err)
     craft__future_complete(f, err);
 }
 
+void craft__fail_futures(craft__queue_t *q, int err)
+{
+    while (!craft__queue_empty(q)) {
+        craft__queue_t *e = craft__queue_head(q);
+        craft__queue_remove(e);
+        craft__fail_future(CRAFT__QUEUE_DATA(e, craft_future_t, link), err);
+    }
+}
+
 int64_t craft_now_ns(void)
 {
     return craft__now_ns();

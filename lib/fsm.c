@@ -88,15 +88,6 @@ static void apply_batch(fsm_state_t *s, size_t n, craft__queue_t *futures)
     }
 }
 
-static void fail_all(craft__queue_t *futures, int err)
-{
-    while (!craft__queue_empty(futures)) {
-        craft__queue_t *e = craft__queue_head(futures);
-        craft__queue_remove(e);
-        craft__fail_future(CRAFT__QUEUE_DATA(e, craft_future_t, link), err);
-    }
-}
-
 static void apply_upto(fsm_state_t *s, uint64_t upto, craft__queue_t *futures)
 {
     craft_t *r = s->r;
@@ -117,7 +108,7 @@ static void apply_upto(fsm_state_t *s, uint64_t upto, craft__queue_t *futures)
         }
     }
     if (s->failed) {
-        fail_all(futures, CRAFT_EIO);
+        craft__fail_futures(futures, CRAFT_EIO);
         return;
     }
     /* Futures at or below what is applied (e.g. entries applied earlier). */
@@ -218,7 +209,7 @@ void *craft__fsm_main(void *arg)
         craft__queue_init(&futures);
         craft__take_futures(r, c->index, false, &futures);
         if (closing || s.failed) {
-            fail_all(&futures, s.failed ? CRAFT_EIO : CRAFT_ESHUTDOWN);
+            craft__fail_futures(&futures, s.failed ? CRAFT_EIO : CRAFT_ESHUTDOWN);
         } else {
             apply_upto(&s, c->index, &futures);
         }

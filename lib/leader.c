@@ -106,15 +106,6 @@ void craft__leader_configuration_changed(craft_t *r)
     start_stop_replication(r);
 }
 
-static void fail_queue(craft__queue_t *q, int err)
-{
-    while (!craft__queue_empty(q)) {
-        craft__queue_t *e = craft__queue_head(q);
-        craft__queue_remove(e);
-        craft__fail_future(CRAFT__QUEUE_DATA(e, craft_future_t, link), err);
-    }
-}
-
 /* Assigns indexes to `n` futures' entries and writes them: window and
  * replicators first, then the LogStore (parallel leader write). */
 static void dispatch(craft_t *r, craft_future_t **fs, size_t n)
@@ -188,10 +179,7 @@ static void dispatch(craft_t *r, craft_future_t **fs, size_t n)
 /* Fails the apply futures above the commit index (not committed). */
 static void fail_uncommitted(craft_t *r, int err)
 {
-    craft__queue_t q;
-    craft__queue_init(&q);
-    craft__take_futures(r, atomic_load(&r->commit_index), true, &q);
-    fail_queue(&q, err);
+    craft__fail_commit_futures(r, atomic_load(&r->commit_index), true, err);
 }
 
 /* Moves pending applies into the log, respecting max_uncommitted. */
@@ -729,10 +717,10 @@ static void leader_exit(craft_t *r)
     craft__mutex_unlock(&r->commit_mu);
     atomic_store(&r->commit_watch, false);
     fail_uncommitted(r, lost);
-    fail_queue(&l->pending, atomic_load(&r->shutting_down) ? CRAFT_ESHUTDOWN : CRAFT_ENOTLEADER);
-    fail_queue(&l->verifies, lost);
-    fail_queue(&l->reads_waiting, lost);
-    fail_queue(&l->config_pending,
+    craft__fail_futures(&l->pending, atomic_load(&r->shutting_down) ? CRAFT_ESHUTDOWN : CRAFT_ENOTLEADER);
+    craft__fail_futures(&l->verifies, lost);
+    craft__fail_futures(&l->reads_waiting, lost);
+    craft__fail_futures(&l->config_pending,
                atomic_load(&r->shutting_down) ? CRAFT_ESHUTDOWN : CRAFT_ENOTLEADER);
     if (l->transfer != NULL) {
         /* Success is a newer term: someone else leads now. */

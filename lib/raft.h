@@ -283,6 +283,8 @@ void craft__stage_commit(craft_t *r);
 /* Moves the leader's apply futures waiting for the fsm into `out`, in
  * index order: those with index <= upto, or those above it if `above`. */
 void craft__take_futures(craft_t *r, uint64_t upto, bool above, craft__queue_t *out);
+/* The same, failing the futures taken with `err`. */
+void craft__fail_commit_futures(craft_t *r, uint64_t upto, bool above, int err);
 /* Posts a coalesced signal to run. */
 void craft__signal(craft_t *r, craft__msg_t *m, atomic_bool *posted);
 /* Fills a request header with our id/address. */
@@ -350,5 +352,7 @@ void *craft__fsm_main(void *arg);
 /* ---- api.c ---- */
 /* Completes a future with `err`, setting its fsm for responses. */
 void craft__fail_future(craft_future_t *f, int err);
+/* Empties `q` (futures linked by `link`), failing each with `err`. */
+void craft__fail_futures(craft__queue_t *q, int err);
 
 #endif

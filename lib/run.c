@@ -238,40 +238,12 @@ void craft__take_futures(craft_t *r, uint64_t upto, bool above, craft__queue_t *
     craft__mutex_unlock(&r->commit_mu);
 }
 
-static void fail_taken(craft_t *r, uint64_t upto, int err)
+void craft__fail_commit_futures(craft_t *r, uint64_t upto, bool above, int err)
 {
     craft__queue_t q;
     craft__queue_init(&q);
-    craft__take_futures(r, upto, false, &q);
-    while (!craft__queue_empty(&q)) {
-        craft__queue_t *e = craft__queue_head(&q);
-        craft__queue_remove(e);
-        craft__fail_future(CRAFT__QUEUE_DATA(e, craft_future_t, link), err);
-    }
-}
-
-/* Publishes commit_index = index and tells the fsm thread; commit_mu held.
- * Returns false when the fsm thread could not be told (the caller fails
- * the futures up to index once commit_mu is released). */
-static bool advance_locked(craft_t *r, uint64_t index, int *err)
-{
-    atomic_store(&r->commit_index, index);
-    atomic_fetch_add(&r->st_commits, 1);
-    craft__fsm_commit_t *c = malloc(sizeof *c);
-    if (c == NULL) {
-        CRAFT__ERROR(&r->log, "raft", "out of memory dispatching commits");
-        atomic_store(&r->shutting_down, true);
-        *err = CRAFT_ENOMEM;
-        return false;
-    }
-    c->msg.type = CRAFT__FSM_COMMIT;
-    c->index = index;
-    if (craft__mailbox_post(&r->fsm_mb, &c->msg) != 0) {
-        free(c);
-        *err = CRAFT_ESHUTDOWN;
-        return false;
-    }
-    return true;
+    craft__take_futures(r, upto, above, &q);
+    craft__fail_futures(&q, err);
 }
 
 /* Stats: enqueue-to-commit time of the futures newly committed by moving
@@ -291,6 +263,34 @@ static void count_commit_times(craft_t *r, uint64_t old, uint64_t index)
     }
 }
 
+/* Moves commit_index up to `index` and tells the fsm thread; commit_mu
+ * held. Returns 0 (also when `index` is not above commit_index), or the
+ * error that kept the fsm thread from hearing of it: the caller then fails
+ * the futures up to `index` once commit_mu is released. */
+static int advance_locked(craft_t *r, uint64_t index)
+{
+    uint64_t old = atomic_load(&r->commit_index);
+    if (index <= old) {
+        return 0;
+    }
+    count_commit_times(r, old, index);
+    atomic_store(&r->commit_index, index);
+    atomic_fetch_add(&r->st_commits, 1);
+    craft__fsm_commit_t *c = malloc(sizeof *c);
+    if (c == NULL) {
+        CRAFT__ERROR(&r->log, "raft", "out of memory dispatching commits");
+        atomic_store(&r->shutting_down, true);
+        return CRAFT_ENOMEM;
+    }
+    c->msg.type = CRAFT__FSM_COMMIT;
+    c->index = index;
+    if (craft__mailbox_post(&r->fsm_mb, &c->msg) != 0) {
+        free(c);
+        return CRAFT_ESHUTDOWN;
+    }
+    return 0;
+}
+
 bool craft__commit_fast(craft_t *r, uint64_t term, craft__commitment_t *cm)
 {
     craft__mutex_lock(&r->commit_mu);
@@ -305,19 +305,13 @@ bool craft__commit_fast(craft_t *r, uint64_t term, craft__commitment_t *cm)
          * (a failed leader write drops a batch peers may have). */
         index = own;
     }
-    uint64_t old = atomic_load(&r->commit_index);
-    if (index <= old) {
-        craft__mutex_unlock(&r->commit_mu);
-        return false;
-    }
-    count_commit_times(r, old, index);
-    int err = 0;
-    bool ok = advance_locked(r, index, &err);
+    bool advanced = index > atomic_load(&r->commit_index);
+    int err = advance_locked(r, index);
     craft__mutex_unlock(&r->commit_mu);
-    if (!ok) {
-        fail_taken(r, index, err);
+    if (err != 0) {
+        craft__fail_commit_futures(r, index, false, err);
     }
-    return true;
+    return advanced;
 }
 
 void craft__commit_to(craft_t *r, uint64_t index)
@@ -326,16 +320,10 @@ void craft__commit_to(craft_t *r, uint64_t index)
         index = atomic_load(&r->last_log_index);
     }
     craft__mutex_lock(&r->commit_mu);
-    uint64_t old = atomic_load(&r->commit_index);
-    int err = 0;
-    bool ok = true;
-    if (index > old) {
-        count_commit_times(r, old, index);
-        ok = advance_locked(r, index, &err);
-    }
+    int err = advance_locked(r, index);
     craft__mutex_unlock(&r->commit_mu);
-    if (!ok) {
-        fail_taken(r, index, err);
+    if (err != 0) {
+        craft__fail_commit_futures(r, index, false, err);
     }
     /* The fast path may have advanced commit_index already: the
      * configuration is committed whenever commit_index covers it. */
@@ -533,7 +521,7 @@ static void run_shutdown(craft_t *r)
     craft__mailbox_close(&r->snapshot_mb);
     craft__mailbox_close(&r->fsm_mb);
     craft__thread_join(&r->fsm_thread);
-    fail_taken(r, UINT64_MAX, CRAFT_ESHUTDOWN); /* none expected: belt and braces */
+    craft__fail_commit_futures(r, UINT64_MAX, false, CRAFT_ESHUTDOWN); /* none expected */
     if (r->snapshot_thread_started) {
         craft__thread_join(&r->snapshot_thread);
     }
