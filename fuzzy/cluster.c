@@ -360,15 +360,16 @@ static void close_parts(fz_node_t *nd)
         nd->trans->close(nd->trans->ctx);
         nd->trans = NULL;
     }
+    if (nd->snaps != NULL) {
+        /* Before fstore: the snapshot wrapper uses its faults. */
+        nd->snaps->close(nd->snaps->ctx);
+        nd->snaps = NULL;
+    }
     if (nd->fstore != NULL) {
         craft_fuzzy_store_free(nd->fstore);
         nd->fstore = NULL;
         nd->log = NULL;
         nd->stable = NULL;
-    }
-    if (nd->snaps != NULL) {
-        nd->snaps->close(nd->snaps->ctx);
-        nd->snaps = NULL;
     }
     /* The FSM stays in nd->incs (futures may still release responses). */
     (void)c;
@@ -398,8 +399,14 @@ static int open_parts(fz_node_t *nd)
     }
     char sdir[600];
     snprintf(sdir, sizeof sdir, "%s/snaps", nd->dir);
-    rv = craft_file_snapshot_store_new(sdir, 2, &nd->snaps);
+    craft_snapshot_store_t *isnaps;
+    rv = craft_file_snapshot_store_new(sdir, 2, &isnaps);
     if (rv != 0) {
+        goto err;
+    }
+    rv = craft_fuzzy_snapshots_new(nd->fstore, isnaps, &nd->snaps);
+    if (rv != 0) {
+        isnaps->close(isnaps->ctx);
         goto err;
     }
     rv = craft_fuzzy_net_transport(c->net, nd->addr, &nd->trans);

@@ -275,3 +275,157 @@ void craft_fuzzy_store_free(craft_fuzzy_store_t *s)
     pthread_mutex_destroy(&s->mu);
     free(s);
 }
+
+/* ---- SnapshotStore wrapper ------------------------------------------------
+ * Writes (create, a sink's write and close) fail with the pair's `fail`
+ * probability and are slowed like the pair's writes. A failure is not
+ * sticky: a snapshot is a file set of its own, and the next attempt may
+ * work. A failed close happens before the snapshot reached the inner store
+ * (it is cancelled) or after (it is durable and listed, but the caller was
+ * told it is not). Once the pair failed or was frozen (a crash), every
+ * write fails and a sink being written is cancelled. Reads (list, open) are
+ * passed through: restoring at start must see what is on disk. */
+
+struct craft_fuzzy_snapshots {
+    craft_snapshot_store_t vt;
+    craft_snapshot_store_t *inner;
+    craft_fuzzy_store_t *s;
+};
+
+typedef struct fz_sink {
+    craft_snapshot_sink_t vt;
+    craft_snapshot_sink_t *inner;
+    craft_fuzzy_store_t *s;
+} fz_sink_t;
+
+/* A snapshot write's fate (W_OK, W_FAIL_BEFORE or W_FAIL_AFTER). */
+static wfate_t snapshot_write_fate(craft_fuzzy_store_t *s)
+{
+    pthread_mutex_lock(&s->mu);
+    wfate_t fate = W_FAIL_BEFORE;
+    bool slow = false;
+    int64_t slow_us = 0;
+    if (!s->failed) {
+        bool fail = fz_rng_chance(&s->rng, s->f.fail);
+        bool after = fz_rng_chance(&s->rng, 0.5);
+        slow = fz_rng_chance(&s->rng, s->f.slow);
+        slow_us = fz_rng_range(&s->rng, s->f.slow_us / 4, s->f.slow_us);
+        fate = fail ? (after ? W_FAIL_AFTER : W_FAIL_BEFORE) : W_OK;
+        s->faults += fail;
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (slow) {
+        fz_sleep_us(slow_us);
+    }
+    return fate;
+}
+
+static int sink_write(void *ctx, const void *buf, size_t len)
+{
+    fz_sink_t *k = ctx;
+    if (snapshot_write_fate(k->s) != W_OK) {
+        return CRAFT_EIO; /* the caller cancels */
+    }
+    return k->inner->write(k->inner->ctx, buf, len);
+}
+
+static int sink_close(void *ctx)
+{
+    fz_sink_t *k = ctx;
+    wfate_t fate = snapshot_write_fate(k->s);
+    int rv;
+    if (fate == W_FAIL_BEFORE) {
+        k->inner->cancel(k->inner->ctx);
+        rv = CRAFT_EIO;
+    } else {
+        rv = k->inner->close(k->inner->ctx);
+        if (rv == 0 && fate == W_FAIL_AFTER) {
+            rv = CRAFT_EIO;
+        }
+    }
+    free(k);
+    return rv;
+}
+
+static int sink_cancel(void *ctx)
+{
+    fz_sink_t *k = ctx;
+    int rv = k->inner->cancel(k->inner->ctx);
+    free(k);
+    return rv;
+}
+
+static const char *sink_id(void *ctx)
+{
+    fz_sink_t *k = ctx;
+    return k->inner->id(k->inner->ctx);
+}
+
+static int sn_create(void *ctx, int version, uint64_t index, uint64_t term,
+                     const craft_configuration_t *configuration, uint64_t configuration_index,
+                     craft_snapshot_sink_t **sink)
+{
+    craft_fuzzy_snapshots_t *w = ctx;
+    if (snapshot_write_fate(w->s) != W_OK) {
+        return CRAFT_EIO;
+    }
+    fz_sink_t *k = calloc(1, sizeof *k);
+    if (k == NULL) {
+        return CRAFT_ENOMEM;
+    }
+    int rv = w->inner->create(w->inner->ctx, version, index, term, configuration,
+                              configuration_index, &k->inner);
+    if (rv != 0) {
+        free(k);
+        return rv;
+    }
+    k->s = w->s;
+    k->vt.ctx = k;
+    k->vt.write = sink_write;
+    k->vt.close = sink_close;
+    k->vt.cancel = sink_cancel;
+    k->vt.id = sink_id;
+    *sink = &k->vt;
+    return 0;
+}
+
+static int sn_list(void *ctx, craft_snapshot_meta_t ***metas, size_t *n)
+{
+    craft_fuzzy_snapshots_t *w = ctx;
+    return w->inner->list(w->inner->ctx, metas, n);
+}
+
+static int sn_open(void *ctx, const char *id, craft_snapshot_meta_t **meta,
+                   craft_reader_t **reader)
+{
+    craft_fuzzy_snapshots_t *w = ctx;
+    return w->inner->open(w->inner->ctx, id, meta, reader);
+}
+
+static void sn_close(void *ctx)
+{
+    craft_fuzzy_snapshots_t *w = ctx;
+    w->inner->close(w->inner->ctx);
+    free(w);
+}
+
+int craft_fuzzy_snapshots_new(craft_fuzzy_store_t *s, craft_snapshot_store_t *inner,
+                              craft_snapshot_store_t **out)
+{
+    if (s == NULL || inner == NULL || out == NULL) {
+        return CRAFT_EINVAL;
+    }
+    craft_fuzzy_snapshots_t *w = calloc(1, sizeof *w);
+    if (w == NULL) {
+        return CRAFT_ENOMEM;
+    }
+    w->inner = inner;
+    w->s = s;
+    w->vt.ctx = w;
+    w->vt.create = sn_create;
+    w->vt.list = sn_list;
+    w->vt.open = sn_open;
+    w->vt.close = sn_close;
+    *out = &w->vt;
+    return 0;
+}

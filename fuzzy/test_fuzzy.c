@@ -1,7 +1,7 @@
 /*
  * Tests of the harness's own parts: the linearizability checker on
  * hand-written histories, the election-safety recorder of the network, the
- * wire round trip through it, and the disk-fault store wrapper.
+ * wire round trip through it, and the disk-fault store wrappers.
  */
 #include <check.h>
 #include <stdlib.h>
@@ -321,6 +321,76 @@ START_TEST(test_store_freeze_and_faults)
 }
 END_TEST
 
+static size_t count_snapshots(craft_snapshot_store_t *st)
+{
+    craft_snapshot_meta_t **metas = NULL;
+    size_t n = 0;
+    ck_assert_int_eq(st->list(st->ctx, &metas, &n), 0);
+    for (size_t i = 0; i < n; i++) {
+        craft_snapshot_meta_free(metas[i]);
+    }
+    free(metas);
+    return n;
+}
+
+START_TEST(test_snapshot_store_faults)
+{
+    craft_log_store_t *ilog, *log;
+    craft_stable_store_t *istable, *stable;
+    ck_assert_int_eq(craft_inmem_store_new(&ilog, &istable), 0);
+    craft_fuzzy_store_t *s;
+    ck_assert_int_eq(craft_fuzzy_store_new(ilog, istable, 7, &s, &log, &stable), 0);
+    craft_snapshot_store_t *isnaps, *snaps;
+    ck_assert_int_eq(craft_inmem_snapshot_store_new(&isnaps), 0);
+    ck_assert_int_eq(craft_fuzzy_snapshots_new(s, isnaps, &snaps), 0);
+    craft_configuration_t conf = {0};
+    craft_snapshot_sink_t *sink;
+
+    /* No faults: a snapshot goes through. */
+    ck_assert_int_eq(snaps->create(snaps->ctx, 1, 10, 1, &conf, 1, &sink), 0);
+    ck_assert_int_eq(sink->write(sink->ctx, "abc", 3), 0);
+    ck_assert_int_eq(sink->close(sink->ctx), 0);
+    ck_assert_uint_eq(count_snapshots(snaps), 1);
+
+    /* fail = 1: every snapshot write fails, but not for good. */
+    craft_fuzzy_disk_faults_t f = {.fail = 1.0};
+    craft_fuzzy_store_set_faults(s, &f);
+    ck_assert_int_eq(snaps->create(snaps->ctx, 1, 20, 1, &conf, 1, &sink), CRAFT_EIO);
+    craft_fuzzy_store_set_faults(s, NULL);
+    ck_assert_int_eq(snaps->create(snaps->ctx, 1, 20, 1, &conf, 1, &sink), 0);
+    craft_fuzzy_store_set_faults(s, &f);
+    ck_assert_int_eq(sink->write(sink->ctx, "abc", 3), CRAFT_EIO);
+    ck_assert_int_eq(sink->cancel(sink->ctx), 0);
+    craft_fuzzy_store_set_faults(s, NULL);
+    ck_assert_int_eq(snaps->create(snaps->ctx, 1, 30, 1, &conf, 1, &sink), 0);
+    ck_assert_int_eq(sink->write(sink->ctx, "abc", 3), 0);
+    craft_fuzzy_store_set_faults(s, &f);
+    ck_assert_int_eq(sink->close(sink->ctx), CRAFT_EIO); /* durable or not: unknown */
+    ck_assert_uint_eq(craft_fuzzy_store_faults(s), 3);
+    /* The log store is not failed by a snapshot fault. */
+    craft_fuzzy_store_set_faults(s, NULL);
+    ck_assert(!craft_fuzzy_store_failed(s));
+
+    /* A crash: the sink being written is lost, and no new one starts. */
+    ck_assert_int_eq(snaps->create(snaps->ctx, 1, 40, 1, &conf, 1, &sink), 0);
+    ck_assert_int_eq(sink->write(sink->ctx, "abc", 3), 0);
+    craft_fuzzy_store_freeze(s);
+    ck_assert_int_eq(sink->close(sink->ctx), CRAFT_EIO);
+    ck_assert_int_eq(snaps->create(snaps->ctx, 1, 50, 1, &conf, 1, &sink), CRAFT_EIO);
+    craft_snapshot_meta_t **metas = NULL;
+    size_t n = 0;
+    ck_assert_int_eq(snaps->list(snaps->ctx, &metas, &n), 0);
+    ck_assert_uint_ge(n, 1);
+    ck_assert_uint_lt(metas[0]->index, 40); /* reads pass through; 40 never landed */
+    for (size_t i = 0; i < n; i++) {
+        craft_snapshot_meta_free(metas[i]);
+    }
+    free(metas);
+    snaps->close(snaps->ctx); /* closes isnaps */
+    craft_fuzzy_store_free(s);
+}
+END_TEST
+
 /* ---- a small cluster end to end ---- */
 
 START_TEST(test_cluster_crash_restart_verifies)
@@ -373,6 +443,7 @@ static Suite *suite(void)
     TCase *parts = tcase_create("parts");
     tcase_add_test(parts, test_net_round_trip_and_election_safety);
     tcase_add_test(parts, test_store_freeze_and_faults);
+    tcase_add_test(parts, test_snapshot_store_faults);
     tcase_add_test(parts, test_cluster_crash_restart_verifies);
     tcase_set_timeout(parts, 120);
     suite_add_tcase(s, parts);

@@ -130,8 +130,9 @@ void craft_fuzzy_net_stats(craft_fuzzy_net_t *n, craft_fuzzy_net_stats_t *out);
 /* ------------------------------------------------------------------------ */
 
 typedef struct craft_fuzzy_disk_faults {
-    /* Probability that a write (store_logs, delete_range, set, set_uint64)
-     * fails with CRAFT_EIO. Half of the failures happen after the write
+    /* Probability that a write (store_logs, delete_range, set, set_uint64;
+     * snapshot create/write/close through craft_fuzzy_snapshots_new) fails
+     * with CRAFT_EIO. Half of the failures happen after the write
      * reached the inner store (durability unknown to the caller). After a
      * failure the pair refuses every call with CRAFT_EIO until it is
      * reopened, as the sqlite store does. */
@@ -158,6 +159,16 @@ bool craft_fuzzy_store_failed(craft_fuzzy_store_t *s);
 uint64_t craft_fuzzy_store_faults(craft_fuzzy_store_t *s);
 /* Closes the inner stores and frees the wrapper. */
 void craft_fuzzy_store_free(craft_fuzzy_store_t *s);
+
+/* Wraps a SnapshotStore (owned: its close closes `inner` and frees the
+ * wrapper) with the faults of `s`, which must outlive it: creating a
+ * snapshot, writing to it and closing it fail with CRAFT_EIO at `fail`
+ * (not sticky; a failed close happened before or after the snapshot became
+ * durable) and are slowed at `slow`; once `s` failed or was frozen every
+ * snapshot write fails. list and open are passed through. */
+typedef struct craft_fuzzy_snapshots craft_fuzzy_snapshots_t;
+int craft_fuzzy_snapshots_new(craft_fuzzy_store_t *s, craft_snapshot_store_t *inner,
+                              craft_snapshot_store_t **out);
 
 /* ------------------------------------------------------------------------ */
 /* The register/KV FSM                                                       */
