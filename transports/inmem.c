@@ -999,10 +999,11 @@ static int pipeline_next_response(void *ctx, craft_append_entries_resp_t *resp,
     return CRAFT_ECLOSED;
 }
 
-static void pipeline_close(void *ctx)
+/* Marks `p` closed and cancels its call in flight; p->mu held. Never waits
+ * and never calls the response callback, so the transport's close may use it
+ * under t->mu (the worker takes t->mu to finish its call). */
+static void pipeline_stop_locked(pipeline_t *p)
 {
-    pipeline_t *p = ctx;
-    pthread_mutex_lock(&p->mu);
     if (!p->closed) {
         p->closed = true;
         if (p->inflight != NULL) {
@@ -1010,6 +1011,13 @@ static void pipeline_close(void *ctx)
         }
         pthread_cond_broadcast(&p->cond);
     }
+}
+
+static void pipeline_close(void *ctx)
+{
+    pipeline_t *p = ctx;
+    pthread_mutex_lock(&p->mu);
+    pipeline_stop_locked(p);
     if (p->fn == NULL) {
         pthread_mutex_unlock(&p->mu);
         return;
@@ -1267,8 +1275,13 @@ static void transport_close(void *ctx)
     for (call_t *c = t->calls; c != NULL; c = c->next) {
         call_cancel(c);
     }
+    /* Only stopped: a full close would wait under t->mu for the worker's
+     * call, which needs t->mu to finish, and would run the response
+     * callback under it. The owner's close hands back what is left. */
     for (pipeline_t *p = t->pipelines; p != NULL; p = p->next) {
-        pipeline_close(p);
+        pthread_mutex_lock(&p->mu);
+        pipeline_stop_locked(p);
+        pthread_mutex_unlock(&p->mu);
     }
     pthread_mutex_unlock(&t->mu);
 
