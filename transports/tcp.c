@@ -193,8 +193,7 @@ static void tcp_close(void *ctx)
         }
     }
     for (pipeline_t *p = t->pipelines; p != NULL; p = p->next) {
-        p->closed = true;
-        pthread_cond_broadcast(&p->cond);
+        craft__pq_stop_locked(&p->q);
     }
     t->stop_task.kind = TASK_STOP;
     craft__tcp_post_locked(t, &t->stop_task);
