@@ -1087,9 +1087,10 @@ static void pipeline_free(void *ctx)
     }
     fz_trans_t *t = p->t;
     pthread_mutex_lock(&t->mu);
+    /* Not linked when trans_pipeline gave up on it. */
     if (p->prev != NULL) {
         p->prev->next = p->next;
-    } else {
+    } else if (t->pipelines == p) {
         t->pipelines = p->next;
     }
     if (p->next != NULL) {
