@@ -39,6 +39,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "lib/queue.h"
 #include "transports/pipeline_queue.h"
 #include "transports/wire.h"
 #include "util.h"
@@ -114,7 +115,7 @@ struct fz_trans {
     handler_slot_t rpc_h, hb_h;
     bool closed;
     call_t *calls;
-    pipeline_t *pipelines;
+    craft__queue_t pipelines; /* pipeline_t by link: not yet freed */
     pthread_mutex_t intern_mu;
     char **interned;
     size_t n_interned, cap_interned;
@@ -766,7 +767,7 @@ struct pipeline {
     craft__pq_t q; /* requests and outcomes, under mu */
     int n_workers;
     pthread_t workers[MAX_PIPELINE_WORKERS];
-    pipeline_t *prev, *next;
+    craft__queue_t link; /* in t->pipelines, under t->mu */
 };
 
 static bool pipeline_closed(pipeline_t *p)
@@ -1087,15 +1088,7 @@ static void pipeline_free(void *ctx)
     }
     fz_trans_t *t = p->t;
     pthread_mutex_lock(&t->mu);
-    /* Not linked when trans_pipeline gave up on it. */
-    if (p->prev != NULL) {
-        p->prev->next = p->next;
-    } else if (t->pipelines == p) {
-        t->pipelines = p->next;
-    }
-    if (p->next != NULL) {
-        p->next->prev = p->prev;
-    }
+    craft__queue_remove(&p->link); /* a no-op when trans_pipeline gave up on it */
     pthread_mutex_unlock(&t->mu);
     craft__pq_destroy(&p->q); /* the workers are gone: none is SENDING */
     free(p->target);
@@ -1127,6 +1120,7 @@ static int trans_pipeline(void *ctx, const char *id, const char *target, craft_p
         free(p);
         return CRAFT_ENOMEM;
     }
+    craft__queue_init(&p->link);
     p->iface.ctx = p;
     p->iface.append_entries = pipeline_append;
     p->iface.next_response = pipeline_next;
@@ -1152,11 +1146,7 @@ static int trans_pipeline(void *ctx, const char *id, const char *target, craft_p
             return CRAFT_ENOMEM;
         }
     }
-    p->next = t->pipelines;
-    if (t->pipelines != NULL) {
-        t->pipelines->prev = p;
-    }
-    t->pipelines = p;
+    craft__queue_push(&t->pipelines, &p->link);
     pthread_mutex_unlock(&t->mu);
     *out = &p->iface;
     return 0;
@@ -1241,7 +1231,9 @@ static void trans_close(void *ctx)
     for (;;) {
         pipeline_t *open = NULL;
         pthread_mutex_lock(&t->mu);
-        for (pipeline_t *p = t->pipelines; p != NULL; p = p->next) {
+        craft__queue_t *e;
+        CRAFT__QUEUE_FOREACH(e, &t->pipelines) {
+            pipeline_t *p = CRAFT__QUEUE_DATA(e, pipeline_t, link);
             if (!pipeline_closed(p)) {
                 open = p;
                 break;
@@ -1276,6 +1268,7 @@ int craft_fuzzy_net_transport(craft_fuzzy_net_t *n, const char *addr, craft_tran
     pthread_cond_init(&t->idle, NULL);
     pthread_mutex_init(&t->intern_mu, NULL);
     atomic_init(&t->refs, 1);
+    craft__queue_init(&t->pipelines);
     t->net = n;
     t->iface.ctx = t;
     t->iface.set_rpc_handler = trans_set_rpc_handler;

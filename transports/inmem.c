@@ -54,6 +54,7 @@
  */
 #include "craft/inmem.h"
 
+#include "lib/queue.h"
 #include "transports/pipeline_queue.h"
 
 #include <errno.h>
@@ -104,7 +105,7 @@ typedef struct inmem_transport {
     handler_slot_t hb_handler;
     bool closed;
     call_t *calls;          /* outgoing calls in progress */
-    pipeline_t *pipelines;  /* open pipelines */
+    craft__queue_t pipelines; /* pipeline_t by link: not yet freed */
 
     /* Under intern_mu. */
     pthread_mutex_t intern_mu;
@@ -682,8 +683,7 @@ struct pipeline {
     craft__pq_t q;    /* requests and outcomes, under mu */
     call_t *inflight; /* the worker's call, so close can cancel it; under mu */
 
-    pipeline_t *prev; /* in t->pipelines, under t->mu */
-    pipeline_t *next;
+    craft__queue_t link; /* in t->pipelines, under t->mu */
 };
 
 static inmem_transport_t *peer_lookup(inmem_transport_t *t, const char *target)
@@ -922,14 +922,7 @@ static void pipeline_free(void *ctx)
 
     inmem_transport_t *t = p->t;
     pthread_mutex_lock(&t->mu);
-    if (p->prev != NULL) {
-        p->prev->next = p->next;
-    } else {
-        t->pipelines = p->next;
-    }
-    if (p->next != NULL) {
-        p->next->prev = p->prev;
-    }
+    craft__queue_remove(&p->link);
     pthread_mutex_unlock(&t->mu);
 
     craft__pq_destroy(&p->q); /* the worker is gone: none is SENDING */
@@ -970,6 +963,7 @@ static int transport_append_entries_pipeline(void *ctx, const char *id,
     if (craft__pq_init(&p->q, &p->mu, PIPELINE_WINDOW, pl_item_free) != 0) {
         goto err_after_mu;
     }
+    craft__queue_init(&p->link);
     p->iface.ctx = p;
     p->iface.append_entries = pipeline_append_entries;
     p->iface.next_response = pipeline_next_response;
@@ -994,11 +988,7 @@ static int transport_append_entries_pipeline(void *ctx, const char *id,
         transport_unref(t);
         goto err_after_queue;
     }
-    p->next = t->pipelines;
-    if (t->pipelines != NULL) {
-        t->pipelines->prev = p;
-    }
-    t->pipelines = p;
+    craft__queue_push(&t->pipelines, &p->link);
     pthread_mutex_unlock(&t->mu);
     *out = &p->iface;
     return 0;
@@ -1128,7 +1118,9 @@ static void transport_close(void *ctx)
     /* Only stopped: a full close would wait under t->mu for the worker's
      * call, which needs t->mu to finish, and would run the response
      * callback under it. The owner's close hands back what is left. */
-    for (pipeline_t *p = t->pipelines; p != NULL; p = p->next) {
+    craft__queue_t *e;
+    CRAFT__QUEUE_FOREACH(e, &t->pipelines) {
+        pipeline_t *p = CRAFT__QUEUE_DATA(e, pipeline_t, link);
         pthread_mutex_lock(&p->mu);
         pipeline_stop_locked(p);
         pthread_mutex_unlock(&p->mu);
@@ -1170,6 +1162,7 @@ int craft_inmem_transport_new_with_timeout(const char *addr, int64_t timeout_ms,
     }
     t->timeout_ms = timeout_ms;
     atomic_init(&t->refs, 1);
+    craft__queue_init(&t->pipelines);
     t->iface.ctx = t;
     t->iface.set_rpc_handler = transport_set_rpc_handler;
     t->iface.set_heartbeat_handler = transport_set_heartbeat_handler;

@@ -77,6 +77,7 @@
 #include "craft/tcp.h"
 
 #include "lib/logger.h"
+#include "lib/queue.h"
 #include "transports/pipeline_queue.h"
 #include "transports/tcp.h"
 #include "transports/wire.h"
@@ -196,7 +197,7 @@ struct tcp {
     handler_slot_t rpc_handler;
     handler_slot_t hb_handler;
     out_call_t *calls;     /* synchronous calls in progress */
-    pipeline_t *pipelines; /* pipelines not yet freed */
+    craft__queue_t pipelines; /* pipeline_t by link: not yet freed */
     no_prevote_t *no_prevote;
     size_t n_no_prevote;
     char **interned;
@@ -373,8 +374,7 @@ struct pipeline {
     conn_t *wconn; /* the connection callers may write to (see conn) */
     /* Strings of the last next_response; next_response's thread only. */
     craft__wire_response_t last_resp;
-    pipeline_t *prev; /* in t->pipelines */
-    pipeline_t *next;
+    craft__queue_t link; /* in t->pipelines */
 
     /* Loop thread only. */
     conn_t *conn;

@@ -296,14 +296,7 @@ static void pipe_free(void *ctx)
     tcp_t *t = p->t;
     pipe_close(p); /* the contract asks for close first; be lenient */
     pthread_mutex_lock(&t->mu);
-    if (p->prev != NULL) {
-        p->prev->next = p->next;
-    } else {
-        t->pipelines = p->next;
-    }
-    if (p->next != NULL) {
-        p->next->prev = p->prev;
-    }
+    craft__queue_remove(&p->link);
     bool last = --p->refs == 0; /* the owner's */
     pthread_mutex_unlock(&t->mu);
     if (last) {
@@ -339,6 +332,7 @@ int craft__tcp_pipeline(void *ctx, const char *id, const char *target,
         free(p);
         return CRAFT_ENOMEM;
     }
+    craft__queue_init(&p->link);
     p->iface.ctx = p;
     p->iface.append_entries = pipe_append_entries;
     p->iface.next_response = pipe_next_response;
@@ -359,11 +353,7 @@ int craft__tcp_pipeline(void *ctx, const char *id, const char *target,
         craft__tcp_pipe_free_mem(p);
         return CRAFT_ECLOSED;
     }
-    p->next = t->pipelines;
-    if (t->pipelines != NULL) {
-        t->pipelines->prev = p;
-    }
-    t->pipelines = p;
+    craft__queue_push(&t->pipelines, &p->link);
     if (craft__tcp_post_locked(t, &p->start_task) == 1) {
         p->refs++;
     }
