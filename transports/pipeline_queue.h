@@ -97,18 +97,17 @@ int craft__pq_push(craft__pq_t *q, craft__pq_item_t *it);
 craft__pq_item_t *craft__pq_take(craft__pq_t *q);
 /* The oldest item in `state`, or NULL. */
 craft__pq_item_t *craft__pq_first_locked(const craft__pq_t *q, craft__pq_state_t state);
-/* Records the outcome of `it` (`resp` read when err == 0), or frees it when
- * abandoned. Returns true when the caller must call craft__pq_deliver once
- * it released the mutex (callback mode), false when it must wake
- * next_response (craft__pq_wake). */
+/* Records the outcome of `it` (`resp` is read when err == 0), or frees it
+ * when abandoned. The caller hands the result to craft__pq_wake once it has
+ * released the mutex. */
 bool craft__pq_done_locked(craft__pq_t *q, craft__pq_item_t *it, int err,
                            const craft_append_entries_resp_t *resp);
 /* Fails every request not yet answered (and every later append) with
  * `err` (CRAFT_EIO when 0) and wakes the waiters; items SENDING stay with
  * their sender. The caller then calls craft__pq_deliver without the mutex. */
 void craft__pq_break_locked(craft__pq_t *q, int err);
-/* After craft__pq_done_locked / craft__pq_break_locked, mutex released:
- * delivers (`deliver`) or wakes the threads waiting on the queue. */
+/* After craft__pq_done_locked, mutex released: with `deliver` (its result:
+ * callback mode) runs craft__pq_deliver, else wakes next_response. */
 void craft__pq_wake(craft__pq_t *q, bool deliver);
 /* craft__pq_done_locked and craft__pq_wake, taking the mutex. */
 void craft__pq_complete(craft__pq_t *q, craft__pq_item_t *it, int err,
