@@ -18,7 +18,8 @@
  * which hands them to the receiver after their own delay and discards the
  * answer (so they also arrive out of order). Pipelines push their requests
  * through worker threads: one keeps them in order, several (faults.reorder)
- * let them overtake each other; responses are handed back in request order.
+ * let them overtake each other; the pipeline's queue
+ * (transports/pipeline_queue.h) hands responses back in request order.
  *
  * Lifetimes follow transports/inmem.c: transports and calls are reference
  * counted, a handler slot counts its invocations so that detaching waits
@@ -38,6 +39,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "lib/queue.h"
+#include "transports/pipeline_queue.h"
 #include "transports/wire.h"
 #include "util.h"
 
@@ -112,7 +115,7 @@ struct fz_trans {
     handler_slot_t rpc_h, hb_h;
     bool closed;
     call_t *calls;
-    pipeline_t *pipelines;
+    craft__queue_t pipelines; /* pipeline_t by link: not yet freed */
     pthread_mutex_t intern_mu;
     char **interned;
     size_t n_interned, cap_interned;
@@ -761,19 +764,16 @@ struct pipeline {
     fz_trans_t *t;
     char *target;
     pthread_mutex_t mu;
-    pthread_cond_t cond;
-    struct pl_item *head, *tail, *next_to_send;
-    size_t n_items;
-    bool closed;
+    craft__pq_t q; /* requests and outcomes, under mu */
     int n_workers;
     pthread_t workers[MAX_PIPELINE_WORKERS];
-    pipeline_t *prev, *next;
+    craft__queue_t link; /* in t->pipelines, under t->mu */
 };
 
 static bool pipeline_closed(pipeline_t *p)
 {
     pthread_mutex_lock(&p->mu);
-    bool closed = p->closed;
+    bool closed = p->q.closed;
     pthread_mutex_unlock(&p->mu);
     return closed;
 }
@@ -983,55 +983,33 @@ static int sync_rpc(void *ctx, const char *target, craft_rpc_type_t type, const 
 /* Pipelines                                                                 */
 /* ------------------------------------------------------------------------ */
 
-typedef enum { PL_QUEUED, PL_SENDING, PL_DONE } pl_state_t;
-
 typedef struct pl_item {
-    uint8_t *bytes;
+    craft__pq_item_t q;
+    uint8_t *bytes; /* the encoded request */
     size_t len;
-    void *tag;
-    pl_state_t state;
-    bool abandoned;
-    int err;
-    craft_append_entries_resp_t resp;
-    struct pl_item *next;
 } pl_item_t;
 
-static void pl_item_free(pl_item_t *it)
+static void pl_item_free(craft__pq_item_t *qi)
 {
+    pl_item_t *it = CRAFT__PQ_CONTAINER(qi, pl_item_t, q);
     free(it->bytes);
     free(it);
 }
 
+/* One of the pipeline's senders; with several, requests overtake each
+ * other on the way and the queue puts the outcomes back in order. */
 static void *pipeline_worker(void *arg)
 {
     pipeline_t *p = arg;
-    pthread_mutex_lock(&p->mu);
-    for (;;) {
-        while (!p->closed && p->next_to_send == NULL) {
-            pthread_cond_wait(&p->cond, &p->mu);
-        }
-        if (p->closed) {
-            break;
-        }
-        pl_item_t *it = p->next_to_send;
-        p->next_to_send = it->next;
-        it->state = PL_SENDING;
-        pthread_mutex_unlock(&p->mu);
+    craft__pq_item_t *qi;
+    while ((qi = craft__pq_take(&p->q)) != NULL) {
+        pl_item_t *it = CRAFT__PQ_CONTAINER(qi, pl_item_t, q);
         craft_append_entries_resp_t resp;
         memset(&resp, 0, sizeof resp);
         int err = do_call(p->t, p->target, CRAFT_RPC_APPEND_ENTRIES, it->bytes, it->len, &resp,
                           NULL, 0, p->t->net->timeout_ms, p);
-        pthread_mutex_lock(&p->mu);
-        if (it->abandoned) {
-            pl_item_free(it);
-        } else {
-            it->err = err;
-            it->resp = resp;
-            it->state = PL_DONE;
-        }
-        pthread_cond_broadcast(&p->cond);
+        craft__pq_complete(&p->q, qi, err, &resp);
     }
-    pthread_mutex_unlock(&p->mu);
     return NULL;
 }
 
@@ -1050,41 +1028,12 @@ static int pipeline_append(void *ctx, const craft_append_entries_req_t *req, voi
         free(it);
         return rv;
     }
-    it->tag = tag;
-    pthread_mutex_lock(&p->mu);
-    while (!p->closed && p->n_items >= PIPELINE_WINDOW) {
-        pthread_cond_wait(&p->cond, &p->mu);
+    it->q.tag = tag;
+    rv = craft__pq_push(&p->q, &it->q);
+    if (rv != 0) {
+        pl_item_free(&it->q);
     }
-    if (p->closed) {
-        pthread_mutex_unlock(&p->mu);
-        pl_item_free(it);
-        return CRAFT_ECLOSED;
-    }
-    if (p->tail != NULL) {
-        p->tail->next = it;
-    } else {
-        p->head = it;
-    }
-    p->tail = it;
-    if (p->next_to_send == NULL) {
-        p->next_to_send = it;
-    }
-    p->n_items++;
-    pthread_cond_broadcast(&p->cond);
-    pthread_mutex_unlock(&p->mu);
-    return 0;
-}
-
-static pl_item_t *pipeline_pop(pipeline_t *p)
-{
-    pl_item_t *it = p->head;
-    p->head = it->next;
-    if (p->head == NULL) {
-        p->tail = NULL;
-    }
-    p->n_items--;
-    pthread_cond_broadcast(&p->cond);
-    return it;
+    return rv;
 }
 
 static int pipeline_next(void *ctx, craft_append_entries_resp_t *resp, void **tag)
@@ -1093,40 +1042,12 @@ static int pipeline_next(void *ctx, craft_append_entries_resp_t *resp, void **ta
     if (resp == NULL || tag == NULL) {
         return CRAFT_EINVAL;
     }
-    pthread_mutex_lock(&p->mu);
-    for (;;) {
-        if (p->closed) {
-            if (p->head == NULL) {
-                *tag = NULL;
-                break;
-            }
-            pl_item_t *it = pipeline_pop(p);
-            if (p->next_to_send == it) {
-                p->next_to_send = it->next;
-            }
-            *tag = it->tag;
-            if (it->state == PL_SENDING) {
-                it->abandoned = true;
-            } else {
-                pl_item_free(it);
-            }
-            break;
-        }
-        if (p->head != NULL && p->head->state == PL_DONE) {
-            pl_item_t *it = pipeline_pop(p);
-            int err = it->err;
-            *tag = it->tag;
-            if (err == 0) {
-                *resp = it->resp;
-            }
-            pl_item_free(it);
-            pthread_mutex_unlock(&p->mu);
-            return err;
-        }
-        pthread_cond_wait(&p->cond, &p->mu);
+    craft__pq_item_t *done;
+    int rv = craft__pq_next_response(&p->q, resp, tag, &done);
+    if (done != NULL) {
+        pl_item_free(done);
     }
-    pthread_mutex_unlock(&p->mu);
-    return CRAFT_ECLOSED;
+    return rv;
 }
 
 static void cancel_calls(fz_trans_t *t, pipeline_t *only)
@@ -1147,13 +1068,12 @@ static void pipeline_close(void *ctx)
 {
     pipeline_t *p = ctx;
     pthread_mutex_lock(&p->mu);
-    bool was = p->closed;
-    p->closed = true;
-    pthread_cond_broadcast(&p->cond);
+    bool first = craft__pq_stop_locked(&p->q);
     pthread_mutex_unlock(&p->mu);
-    if (!was) {
-        cancel_calls(p->t, p);
+    if (first) {
+        cancel_calls(p->t, p); /* t->mu: not under p->mu */
     }
+    craft__pq_hand_back(&p->q);
 }
 
 static void pipeline_free(void *ctx)
@@ -1168,20 +1088,10 @@ static void pipeline_free(void *ctx)
     }
     fz_trans_t *t = p->t;
     pthread_mutex_lock(&t->mu);
-    if (p->prev != NULL) {
-        p->prev->next = p->next;
-    } else {
-        t->pipelines = p->next;
-    }
-    if (p->next != NULL) {
-        p->next->prev = p->prev;
-    }
+    craft__queue_remove(&p->link); /* a no-op when trans_pipeline gave up on it */
     pthread_mutex_unlock(&t->mu);
-    while (p->head != NULL) {
-        pl_item_free(pipeline_pop(p));
-    }
+    craft__pq_destroy(&p->q); /* the workers are gone: none is SENDING */
     free(p->target);
-    pthread_cond_destroy(&p->cond);
     pthread_mutex_destroy(&p->mu);
     free(p);
     trans_unref(t);
@@ -1204,7 +1114,13 @@ static int trans_pipeline(void *ctx, const char *id, const char *target, craft_p
         return CRAFT_ENOMEM;
     }
     pthread_mutex_init(&p->mu, NULL);
-    pthread_cond_init(&p->cond, NULL);
+    if (craft__pq_init(&p->q, &p->mu, PIPELINE_WINDOW, pl_item_free) != 0) {
+        pthread_mutex_destroy(&p->mu);
+        free(p->target);
+        free(p);
+        return CRAFT_ENOMEM;
+    }
+    craft__queue_init(&p->link);
     p->iface.ctx = p;
     p->iface.append_entries = pipeline_append;
     p->iface.next_response = pipeline_next;
@@ -1230,11 +1146,7 @@ static int trans_pipeline(void *ctx, const char *id, const char *target, craft_p
             return CRAFT_ENOMEM;
         }
     }
-    p->next = t->pipelines;
-    if (t->pipelines != NULL) {
-        t->pipelines->prev = p;
-    }
-    t->pipelines = p;
+    craft__queue_push(&t->pipelines, &p->link);
     pthread_mutex_unlock(&t->mu);
     *out = &p->iface;
     return 0;
@@ -1319,7 +1231,9 @@ static void trans_close(void *ctx)
     for (;;) {
         pipeline_t *open = NULL;
         pthread_mutex_lock(&t->mu);
-        for (pipeline_t *p = t->pipelines; p != NULL; p = p->next) {
+        craft__queue_t *e;
+        CRAFT__QUEUE_FOREACH(e, &t->pipelines) {
+            pipeline_t *p = CRAFT__QUEUE_DATA(e, pipeline_t, link);
             if (!pipeline_closed(p)) {
                 open = p;
                 break;
@@ -1354,6 +1268,7 @@ int craft_fuzzy_net_transport(craft_fuzzy_net_t *n, const char *addr, craft_tran
     pthread_cond_init(&t->idle, NULL);
     pthread_mutex_init(&t->intern_mu, NULL);
     atomic_init(&t->refs, 1);
+    craft__queue_init(&t->pipelines);
     t->net = n;
     t->iface.ctx = t;
     t->iface.set_rpc_handler = trans_set_rpc_handler;

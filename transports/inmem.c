@@ -45,14 +45,17 @@
  * itself).
  *
  * Pipeline. A worker thread sends queued AppendEntries one at a time through
- * the synchronous path, in order, and records each result; next_response
- * hands results out in order. At most PIPELINE_WINDOW requests may be
- * unconsumed; append_entries blocks while the window is full.
+ * the synchronous path, in order, and records each result in the pipeline's
+ * queue (transports/pipeline_queue.h), which hands results out in order and
+ * keeps at most PIPELINE_WINDOW requests unconsumed.
  *
  * Lock order: topology_mu is never held with another lock. Otherwise
  * transport mu -> pipeline mu -> call mu, and intern_mu / reader_mu alone.
  */
 #include "craft/inmem.h"
+
+#include "lib/queue.h"
+#include "transports/pipeline_queue.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -102,7 +105,7 @@ typedef struct inmem_transport {
     handler_slot_t hb_handler;
     bool closed;
     call_t *calls;          /* outgoing calls in progress */
-    pipeline_t *pipelines;  /* open pipelines */
+    craft__queue_t pipelines; /* pipeline_t by link: not yet freed */
 
     /* Under intern_mu. */
     pthread_mutex_t intern_mu;
@@ -674,23 +677,13 @@ struct pipeline {
     craft_pipeline_t iface;
     inmem_transport_t *t; /* referenced */
     char *target;
+    pthread_t worker;
 
     pthread_mutex_t mu;
-    pthread_cond_t cond;
-    struct pl_item *head; /* unconsumed requests, oldest first */
-    struct pl_item *tail;
-    struct pl_item *next_to_send;
-    size_t n_items;
-    bool closed;
-    call_t *inflight; /* the worker's call, so close can cancel it */
-    pthread_t worker;
-    /* Response callback (set_response_handler), or NULL: next_response. */
-    craft_pipeline_response_fn fn;
-    void *fn_arg;
-    bool in_fn; /* the worker is inside fn */
+    craft__pq_t q;    /* requests and outcomes, under mu */
+    call_t *inflight; /* the worker's call, so close can cancel it; under mu */
 
-    pipeline_t *prev; /* in t->pipelines, under t->mu */
-    pipeline_t *next;
+    craft__queue_t link; /* in t->pipelines, under t->mu */
 };
 
 static inmem_transport_t *peer_lookup(inmem_transport_t *t, const char *target)
@@ -746,7 +739,7 @@ static int transport_rpc(inmem_transport_t *t, const char *target,
     pthread_mutex_unlock(&t->mu);
     if (p != NULL) {
         pthread_mutex_lock(&p->mu);
-        if (p->closed) {
+        if (p->q.closed) {
             call_cancel(c);
         } else {
             p->inflight = c;
@@ -823,72 +816,33 @@ out:
 /* Pipeline                                                                  */
 /* ------------------------------------------------------------------------ */
 
-typedef enum { PL_QUEUED, PL_SENDING, PL_DONE } pl_state_t;
-
 typedef struct pl_item {
+    craft__pq_item_t q;
     craft_append_entries_req_t req; /* deep copy, pointing into arena */
     void *arena;
-    void *tag;
-    pl_state_t state;
-    bool abandoned; /* popped after close while the worker still sends it */
-    int err;
-    craft_append_entries_resp_t resp;
-    struct pl_item *next;
 } pl_item_t;
 
-static void pl_item_free(pl_item_t *it)
+static void pl_item_free(craft__pq_item_t *qi)
 {
+    pl_item_t *it = CRAFT__PQ_CONTAINER(qi, pl_item_t, q);
     free(it->arena);
     free(it);
 }
 
-static struct pl_item *pipeline_pop(pipeline_t *p);
-
+/* Sends the queued requests one at a time, in order, through the
+ * synchronous path. */
 static void *pipeline_worker(void *arg)
 {
     pipeline_t *p = arg;
-    pthread_mutex_lock(&p->mu);
-    for (;;) {
-        while (!p->closed && p->next_to_send == NULL) {
-            pthread_cond_wait(&p->cond, &p->mu);
-        }
-        if (p->closed) {
-            break; /* unsent requests are answered CRAFT_ECLOSED by next_response */
-        }
-        pl_item_t *it = p->next_to_send;
-        p->next_to_send = it->next;
-        it->state = PL_SENDING;
-        pthread_mutex_unlock(&p->mu);
-
+    craft__pq_item_t *qi;
+    while ((qi = craft__pq_take(&p->q)) != NULL) {
+        pl_item_t *it = CRAFT__PQ_CONTAINER(qi, pl_item_t, q);
         craft_append_entries_resp_t resp;
         memset(&resp, 0, sizeof resp);
         int err = transport_rpc(p->t, p->target, CRAFT_RPC_APPEND_ENTRIES,
                                 &it->req, &resp, NULL, p->t->timeout_ms, p);
-
-        pthread_mutex_lock(&p->mu);
-        if (p->fn != NULL) {
-            /* Requests are sent one at a time in order: `it` is the head.
-             * Delivered even while closing (close waits for it). */
-            pipeline_pop(p);
-            if (p->next_to_send == it) {
-                p->next_to_send = it->next;
-            }
-            p->in_fn = true;
-            pthread_mutex_unlock(&p->mu);
-            p->fn(p->fn_arg, err, err == 0 ? &resp : NULL, it->tag);
-            pl_item_free(it);
-            pthread_mutex_lock(&p->mu);
-            p->in_fn = false;
-        } else if (it->abandoned) {
-            pl_item_free(it);
-        } else {
-            it->err = err;
-            it->resp = resp;
-            it->state = PL_DONE;
-        }
-        pthread_cond_broadcast(&p->cond);
+        craft__pq_complete(&p->q, qi, err, &resp);
     }
-    pthread_mutex_unlock(&p->mu);
     return NULL;
 }
 
@@ -909,44 +863,12 @@ static int pipeline_append_entries(void *ctx, const craft_append_entries_req_t *
         free(it);
         return rv;
     }
-    it->tag = tag;
-    it->state = PL_QUEUED;
-
-    pthread_mutex_lock(&p->mu);
-    while (!p->closed && p->n_items >= PIPELINE_WINDOW) {
-        pthread_cond_wait(&p->cond, &p->mu);
+    it->q.tag = tag;
+    rv = craft__pq_push(&p->q, &it->q);
+    if (rv != 0) {
+        pl_item_free(&it->q);
     }
-    if (p->closed) {
-        pthread_mutex_unlock(&p->mu);
-        pl_item_free(it);
-        return CRAFT_ECLOSED;
-    }
-    if (p->tail != NULL) {
-        p->tail->next = it;
-    } else {
-        p->head = it;
-    }
-    p->tail = it;
-    if (p->next_to_send == NULL) {
-        p->next_to_send = it;
-    }
-    p->n_items++;
-    pthread_cond_broadcast(&p->cond);
-    pthread_mutex_unlock(&p->mu);
-    return 0;
-}
-
-/* Removes the oldest item; called with p->mu held. */
-static struct pl_item *pipeline_pop(pipeline_t *p)
-{
-    pl_item_t *it = p->head;
-    p->head = it->next;
-    if (p->head == NULL) {
-        p->tail = NULL;
-    }
-    p->n_items--;
-    pthread_cond_broadcast(&p->cond); /* room in the window */
-    return it;
+    return rv;
 }
 
 static int pipeline_next_response(void *ctx, craft_append_entries_resp_t *resp,
@@ -956,98 +878,37 @@ static int pipeline_next_response(void *ctx, craft_append_entries_resp_t *resp,
     if (resp == NULL || tag == NULL) {
         return CRAFT_EINVAL;
     }
-    pthread_mutex_lock(&p->mu);
-    if (p->fn != NULL) {
-        pthread_mutex_unlock(&p->mu);
-        return CRAFT_EINVAL; /* responses go to the callback */
+    craft__pq_item_t *done;
+    int rv = craft__pq_next_response(&p->q, resp, tag, &done);
+    if (done != NULL) {
+        pl_item_free(done);
     }
-    for (;;) {
-        if (p->closed) {
-            /* Closed: drain the remaining requests, in order, as failed
-             * (their tags come back so the consumer can release them),
-             * then CRAFT_ECLOSED with *tag = NULL forever. */
-            if (p->head == NULL) {
-                *tag = NULL;
-                break;
-            }
-            pl_item_t *it = pipeline_pop(p);
-            if (p->next_to_send == it) {
-                p->next_to_send = it->next;
-            }
-            *tag = it->tag;
-            if (it->state == PL_SENDING) {
-                it->abandoned = true; /* the worker frees it */
-            } else {
-                pl_item_free(it);
-            }
-            break;
-        }
-        if (p->head != NULL && p->head->state == PL_DONE) {
-            pl_item_t *it = pipeline_pop(p);
-            int err = it->err;
-            *tag = it->tag;
-            if (err == 0) {
-                *resp = it->resp;
-            }
-            pl_item_free(it);
-            pthread_mutex_unlock(&p->mu);
-            return err;
-        }
-        pthread_cond_wait(&p->cond, &p->mu);
+    return rv;
+}
+
+/* Marks `p` closed and cancels its call in flight; p->mu held. Never waits
+ * and never calls the response callback, so the transport's close may use it
+ * under t->mu (the worker takes t->mu to finish its call). */
+static void pipeline_stop_locked(pipeline_t *p)
+{
+    if (craft__pq_stop_locked(&p->q) && p->inflight != NULL) {
+        call_cancel(p->inflight);
     }
-    pthread_mutex_unlock(&p->mu);
-    return CRAFT_ECLOSED;
 }
 
 static void pipeline_close(void *ctx)
 {
     pipeline_t *p = ctx;
     pthread_mutex_lock(&p->mu);
-    if (!p->closed) {
-        p->closed = true;
-        if (p->inflight != NULL) {
-            call_cancel(p->inflight);
-        }
-        pthread_cond_broadcast(&p->cond);
-    }
-    if (p->fn == NULL) {
-        pthread_mutex_unlock(&p->mu);
-        return;
-    }
-    /* Callback mode: let the worker finish the request it is sending (its
-     * outcome is delivered), then hand back the rest as CRAFT_ECLOSED. */
-    while (p->in_fn || (p->head != NULL && p->head->state == PL_SENDING)) {
-        pthread_cond_wait(&p->cond, &p->mu);
-    }
-    pl_item_t *rest = p->head;
-    p->head = p->tail = p->next_to_send = NULL;
-    p->n_items = 0;
-    pthread_cond_broadcast(&p->cond);
+    pipeline_stop_locked(p);
     pthread_mutex_unlock(&p->mu);
-    while (rest != NULL) {
-        pl_item_t *next = rest->next;
-        p->fn(p->fn_arg, CRAFT_ECLOSED, NULL, rest->tag);
-        pl_item_free(rest);
-        rest = next;
-    }
+    craft__pq_hand_back(&p->q);
 }
 
 static int pipeline_set_response_handler(void *ctx, craft_pipeline_response_fn fn, void *arg)
 {
     pipeline_t *p = ctx;
-    if (fn == NULL) {
-        return CRAFT_EINVAL;
-    }
-    pthread_mutex_lock(&p->mu);
-    int rv = 0;
-    if (p->fn != NULL || p->head != NULL || p->closed) {
-        rv = p->closed ? CRAFT_ECLOSED : CRAFT_EINVAL; /* once, before any request */
-    } else {
-        p->fn = fn;
-        p->fn_arg = arg;
-    }
-    pthread_mutex_unlock(&p->mu);
-    return rv;
+    return craft__pq_set_response_handler(&p->q, fn, arg);
 }
 
 static void pipeline_free(void *ctx)
@@ -1061,21 +922,11 @@ static void pipeline_free(void *ctx)
 
     inmem_transport_t *t = p->t;
     pthread_mutex_lock(&t->mu);
-    if (p->prev != NULL) {
-        p->prev->next = p->next;
-    } else {
-        t->pipelines = p->next;
-    }
-    if (p->next != NULL) {
-        p->next->prev = p->prev;
-    }
+    craft__queue_remove(&p->link);
     pthread_mutex_unlock(&t->mu);
 
-    while (p->head != NULL) { /* none is PL_SENDING: the worker is gone */
-        pl_item_free(pipeline_pop(p));
-    }
+    craft__pq_destroy(&p->q); /* the worker is gone: none is SENDING */
     free(p->target);
-    pthread_cond_destroy(&p->cond);
     pthread_mutex_destroy(&p->mu);
     free(p);
     transport_unref(t);
@@ -1109,9 +960,10 @@ static int transport_append_entries_pipeline(void *ctx, const char *id,
     if (pthread_mutex_init(&p->mu, NULL) != 0) {
         goto err_after_target;
     }
-    if (pthread_cond_init(&p->cond, NULL) != 0) {
+    if (craft__pq_init(&p->q, &p->mu, PIPELINE_WINDOW, pl_item_free) != 0) {
         goto err_after_mu;
     }
+    craft__queue_init(&p->link);
     p->iface.ctx = p;
     p->iface.append_entries = pipeline_append_entries;
     p->iface.next_response = pipeline_next_response;
@@ -1125,7 +977,7 @@ static int transport_append_entries_pipeline(void *ctx, const char *id,
     if (t->closed) {
         pthread_mutex_unlock(&t->mu);
         transport_unref(t);
-        pthread_cond_destroy(&p->cond);
+        craft__pq_destroy(&p->q);
         pthread_mutex_destroy(&p->mu);
         free(p->target);
         free(p);
@@ -1134,19 +986,15 @@ static int transport_append_entries_pipeline(void *ctx, const char *id,
     if (pthread_create(&p->worker, NULL, pipeline_worker, p) != 0) {
         pthread_mutex_unlock(&t->mu);
         transport_unref(t);
-        goto err_after_cond;
+        goto err_after_queue;
     }
-    p->next = t->pipelines;
-    if (t->pipelines != NULL) {
-        t->pipelines->prev = p;
-    }
-    t->pipelines = p;
+    craft__queue_push(&t->pipelines, &p->link);
     pthread_mutex_unlock(&t->mu);
     *out = &p->iface;
     return 0;
 
-err_after_cond:
-    pthread_cond_destroy(&p->cond);
+err_after_queue:
+    craft__pq_destroy(&p->q);
 err_after_mu:
     pthread_mutex_destroy(&p->mu);
 err_after_target:
@@ -1267,8 +1115,15 @@ static void transport_close(void *ctx)
     for (call_t *c = t->calls; c != NULL; c = c->next) {
         call_cancel(c);
     }
-    for (pipeline_t *p = t->pipelines; p != NULL; p = p->next) {
-        pipeline_close(p);
+    /* Only stopped: a full close would wait under t->mu for the worker's
+     * call, which needs t->mu to finish, and would run the response
+     * callback under it. The owner's close hands back what is left. */
+    craft__queue_t *e;
+    CRAFT__QUEUE_FOREACH(e, &t->pipelines) {
+        pipeline_t *p = CRAFT__QUEUE_DATA(e, pipeline_t, link);
+        pthread_mutex_lock(&p->mu);
+        pipeline_stop_locked(p);
+        pthread_mutex_unlock(&p->mu);
     }
     pthread_mutex_unlock(&t->mu);
 
@@ -1307,6 +1162,7 @@ int craft_inmem_transport_new_with_timeout(const char *addr, int64_t timeout_ms,
     }
     t->timeout_ms = timeout_ms;
     atomic_init(&t->refs, 1);
+    craft__queue_init(&t->pipelines);
     t->iface.ctx = t;
     t->iface.set_rpc_handler = transport_set_rpc_handler;
     t->iface.set_heartbeat_handler = transport_set_heartbeat_handler;

@@ -192,9 +192,9 @@ static void tcp_close(void *ctx)
             pthread_cond_broadcast(&call->cond);
         }
     }
-    for (pipeline_t *p = t->pipelines; p != NULL; p = p->next) {
-        p->closed = true;
-        pthread_cond_broadcast(&p->cond);
+    craft__queue_t *e;
+    CRAFT__QUEUE_FOREACH(e, &t->pipelines) {
+        craft__pq_stop_locked(&CRAFT__QUEUE_DATA(e, pipeline_t, link)->q);
     }
     t->stop_task.kind = TASK_STOP;
     craft__tcp_post_locked(t, &t->stop_task);
@@ -315,6 +315,7 @@ int craft_tcp_transport_new(const char *bind, const char *advertise,
     t->log.level = o.log_level;
     t->log.prefix = NULL;
     atomic_init(&t->refs, 1);
+    craft__queue_init(&t->pipelines);
     rv = CRAFT_ENOMEM;
     if (pthread_mutex_init(&t->mu, NULL) != 0) {
         goto err_after_alloc;

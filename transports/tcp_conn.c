@@ -419,8 +419,9 @@ void craft__tcp_rpc_unref(tcp_t *t, in_rpc_t *rpc)
     }
 }
 
-void craft__tcp_pl_item_free(pl_item_t *it)
+void craft__tcp_pl_item_free(craft__pq_item_t *qi)
 {
+    pl_item_t *it = CRAFT__PQ_CONTAINER(qi, pl_item_t, q);
     free(it->frame);
     craft__wire_response_free(&it->resp);
     free(it);
@@ -429,14 +430,9 @@ void craft__tcp_pl_item_free(pl_item_t *it)
 void craft__tcp_pipe_free_mem(pipeline_t *p)
 {
     tcp_t *t = p->t;
-    while (p->head != NULL) {
-        pl_item_t *it = p->head;
-        p->head = it->next;
-        craft__tcp_pl_item_free(it);
-    }
+    craft__pq_destroy(&p->q);
     craft__wire_response_free(&p->last_resp);
     free(p->target);
-    pthread_cond_destroy(&p->cond);
     free(p);
     craft__tcp_transport_unref(t);
 }

@@ -77,6 +77,8 @@
 #include "craft/tcp.h"
 
 #include "lib/logger.h"
+#include "lib/queue.h"
+#include "transports/pipeline_queue.h"
 #include "transports/tcp.h"
 #include "transports/wire.h"
 
@@ -195,7 +197,7 @@ struct tcp {
     handler_slot_t rpc_handler;
     handler_slot_t hb_handler;
     out_call_t *calls;     /* synchronous calls in progress */
-    pipeline_t *pipelines; /* pipelines not yet freed */
+    craft__queue_t pipelines; /* pipeline_t by link: not yet freed */
     no_prevote_t *no_prevote;
     size_t n_no_prevote;
     char **interned;
@@ -343,17 +345,14 @@ struct in_rpc {
     int64_t to_queue; /* snapshot bytes not yet moved into `queue` */
 };
 
-typedef enum { PL_QUEUED, PL_SENT, PL_DONE } pl_state_t;
-
+/* A pipelined request: QUEUED until written (by its caller or the loop),
+ * then SENT, then DONE with the response matched to it. */
 typedef struct pl_item {
-    struct pl_item *next;
-    uint8_t *frame;
+    craft__pq_item_t q;
+    uint8_t *frame; /* NULL once handed to the connection */
     size_t frame_len;
-    void *tag;
-    pl_state_t state;
-    int err;
     int64_t sent_ns;
-    craft__wire_response_t resp;
+    craft__wire_response_t resp; /* owns the strings of q.resp */
 } pl_item_t;
 
 struct pipeline {
@@ -365,25 +364,17 @@ struct pipeline {
     task_t start_task;
     task_t send_task;
     task_t close_task;
-    pthread_cond_t cond;
+    /* Requests and outcomes, under mu; `broken` is the error that broke
+     * the connection. Its cond also signals `ready`. */
+    craft__pq_t q;
 
     /* Under mu. */
     int refs;
-    pl_item_t *head; /* unconsumed requests, oldest first */
-    pl_item_t *tail;
-    size_t n_items;
     bool ready;
-    bool closed;
-    int broken; /* 0 or the error that broke the connection */
     conn_t *wconn; /* the connection callers may write to (see conn) */
     /* Strings of the last next_response; next_response's thread only. */
     craft__wire_response_t last_resp;
-    /* Response callback (set_response_handler) or NULL; under mu. */
-    craft_pipeline_response_fn fn;
-    void *fn_arg;
-    bool delivering; /* a thread is handing responses to fn */
-    pipeline_t *prev;                 /* in t->pipelines */
-    pipeline_t *next;
+    craft__queue_t link; /* in t->pipelines */
 
     /* Loop thread only. */
     conn_t *conn;
@@ -415,7 +406,7 @@ void craft__tcp_call_free(out_call_t *call);
 void craft__tcp_call_unref(tcp_t *t, out_call_t *call);
 void craft__tcp_rpc_free(in_rpc_t *rpc);
 void craft__tcp_rpc_unref(tcp_t *t, in_rpc_t *rpc);
-void craft__tcp_pl_item_free(pl_item_t *it);
+void craft__tcp_pl_item_free(craft__pq_item_t *qi);
 void craft__tcp_pipe_free_mem(pipeline_t *p);
 void craft__tcp_pipe_unref(tcp_t *t, pipeline_t *p);
 void craft__tcp_set_reading(conn_t *c, bool on);

@@ -5,8 +5,6 @@
  */
 #include "transports/tcp_internal.h"
 
-static void pipe_deliver(tcp_t *t, pipeline_t *p);
-
 /* ------------------------------------------------------------------------ */
 /* Pipelines (loop side)                                                     */
 /* ------------------------------------------------------------------------ */
@@ -15,19 +13,10 @@ static void pipe_deliver(tcp_t *t, pipeline_t *p);
 void craft__tcp_pipe_break(tcp_t *t, pipeline_t *p, int err)
 {
     pthread_mutex_lock(&t->mu);
-    if (p->broken == 0) {
-        p->broken = err != 0 ? err : CRAFT_EIO;
-    }
     p->wconn = NULL;
-    for (pl_item_t *it = p->head; it != NULL; it = it->next) {
-        if (it->state != PL_DONE) {
-            it->state = PL_DONE;
-            it->err = p->broken;
-        }
-    }
-    pthread_cond_broadcast(&p->cond);
+    craft__pq_break_locked(&p->q, err);
     pthread_mutex_unlock(&t->mu);
-    pipe_deliver(t, p);
+    craft__pq_deliver(&p->q);
 }
 
 void craft__tcp_pipe_ready(tcp_t *t, pipeline_t *p)
@@ -35,7 +24,7 @@ void craft__tcp_pipe_ready(tcp_t *t, pipeline_t *p)
     pthread_mutex_lock(&t->mu);
     p->ready = true;
     p->wconn = p->conn;
-    pthread_cond_broadcast(&p->cond);
+    pthread_cond_broadcast(&p->q.cond);
     pthread_mutex_unlock(&t->mu);
 }
 
@@ -48,11 +37,9 @@ bool craft__tcp_pipe_arm_timer(tcp_t *t, conn_t *c)
     pipeline_t *p = c->pipe;
     int64_t oldest = -1;
     pthread_mutex_lock(&t->mu);
-    for (pl_item_t *it = p->head; it != NULL; it = it->next) {
-        if (it->state == PL_SENT) {
-            oldest = it->sent_ns;
-            break;
-        }
+    craft__pq_item_t *qi = craft__pq_first_locked(&p->q, CRAFT__PQ_SENT);
+    if (qi != NULL) {
+        oldest = CRAFT__PQ_CONTAINER(qi, pl_item_t, q)->sent_ns;
     }
     pthread_mutex_unlock(&t->mu);
     int64_t now = craft__tcp_now_ns();
@@ -71,7 +58,7 @@ bool craft__tcp_pipe_arm_timer(tcp_t *t, conn_t *c)
 void craft__tcp_pipe_start(tcp_t *t, pipeline_t *p)
 {
     pthread_mutex_lock(&t->mu);
-    bool closed = p->closed;
+    bool closed = p->q.closed;
     pthread_mutex_unlock(&t->mu);
     if (closed || t->stopping) {
         craft__tcp_pipe_break(t, p, CRAFT_ECLOSED);
@@ -115,13 +102,14 @@ void craft__tcp_pipe_send(tcp_t *t, pipeline_t *p)
     /* mu held while writing: a caller must not write directly between
      * these requests (see pipe_append_entries). */
     pthread_mutex_lock(&t->mu);
-    for (pl_item_t *it = p->head; it != NULL && rv == 0; it = it->next) {
-        if (it->state != PL_QUEUED) {
+    for (craft__pq_item_t *qi = p->q.head; qi != NULL && rv == 0; qi = qi->next) {
+        if (qi->state != CRAFT__PQ_QUEUED) {
             continue;
         }
+        pl_item_t *it = CRAFT__PQ_CONTAINER(qi, pl_item_t, q);
         uint8_t *frame = it->frame;
         it->frame = NULL;
-        it->state = PL_SENT;
+        qi->state = CRAFT__PQ_SENT;
         it->sent_ns = now;
         rv = craft__tcp_conn_write(c, frame, it->frame_len, true);
     }
@@ -155,23 +143,19 @@ void craft__tcp_pipe_on_read(tcp_t *t, conn_t *c)
         }
         craft__tcp_inbuf_consume(&c->in, consumed);
         pthread_mutex_lock(&t->mu);
-        pl_item_t *it = p->head;
-        while (it != NULL && it->state != PL_SENT) {
-            it = it->next;
-        }
-        if (it != NULL) {
-            it->state = PL_DONE;
-            it->err = resp.error != NULL ? craft__tcp_map_peer_error(resp.error) : 0;
+        craft__pq_item_t *qi = craft__pq_first_locked(&p->q, CRAFT__PQ_SENT);
+        bool deliver = false;
+        if (qi != NULL) {
+            pl_item_t *it = CRAFT__PQ_CONTAINER(qi, pl_item_t, q);
             it->resp = resp;
+            int err = resp.error != NULL ? craft__tcp_map_peer_error(resp.error) : 0;
+            deliver = craft__pq_done_locked(&p->q, qi, err, &it->resp.body.append_entries);
         }
-        bool push = p->fn != NULL;
         pthread_mutex_unlock(&t->mu);
-        if (it != NULL && push) {
-            pipe_deliver(t, p); /* on this thread: no hand-off */
-        } else if (it != NULL) {
-            /* After unlocking: the woken thread would block on mu at once.
-             * The connection's reference keeps `p`. */
-            pthread_cond_broadcast(&p->cond);
+        if (qi != NULL) {
+            /* Delivered on this thread (no hand-off). The connection's
+             * reference keeps `p`. */
+            craft__pq_wake(&p->q, deliver);
         } else {
             craft__wire_response_free(&resp);
             CRAFT__WARN(&t->log, COMPONENT,
@@ -213,18 +197,14 @@ static int pipe_append_entries(void *ctx, const craft_append_entries_req_t *req,
         free(it);
         return CRAFT_ENOMEM;
     }
-    it->tag = tag;
-    it->state = PL_QUEUED;
+    it->q.tag = tag;
+    it->q.state = CRAFT__PQ_QUEUED;
 
     pthread_mutex_lock(&t->mu);
-    while (!p->closed && p->broken == 0 &&
-           p->n_items >= (size_t)t->opts.max_inflight) {
-        pthread_cond_wait(&p->cond, &t->mu);
-    }
-    if (p->closed || p->broken != 0) {
-        rv = p->closed ? CRAFT_ECLOSED : p->broken;
+    rv = craft__pq_reserve_locked(&p->q);
+    if (rv != 0) {
         pthread_mutex_unlock(&t->mu);
-        craft__tcp_pl_item_free(it);
+        craft__tcp_pl_item_free(&it->q);
         return rv;
     }
     /* Written from this thread when the connection is up and nothing
@@ -232,7 +212,7 @@ static int pipe_append_entries(void *ctx, const craft_append_entries_req_t *req,
      * writes them all under mu) nor bytes in the connection's output. */
     conn_t *c = p->wconn;
     bool direct = false;
-    if (c != NULL && (p->tail == NULL || p->tail->state != PL_QUEUED)) {
+    if (c != NULL && (p->q.tail == NULL || p->q.tail->state != CRAFT__PQ_QUEUED)) {
         pthread_mutex_lock(&c->wmu);
         direct = c->wopen && !c->wbusy;
         if (!direct) {
@@ -243,7 +223,7 @@ static int pipe_append_entries(void *ctx, const craft_append_entries_req_t *req,
     size_t len = it->frame_len;
     if (direct) {
         /* Sent before mu is released: the response may arrive at once. */
-        it->state = PL_SENT;
+        it->q.state = CRAFT__PQ_SENT;
         it->sent_ns = craft__tcp_now_ns();
         frame = it->frame;
         it->frame = NULL;
@@ -251,20 +231,14 @@ static int pipe_append_entries(void *ctx, const craft_append_entries_req_t *req,
         int posted = craft__tcp_post_locked(t, &p->send_task);
         if (posted < 0) {
             pthread_mutex_unlock(&t->mu);
-            craft__tcp_pl_item_free(it);
+            craft__tcp_pl_item_free(&it->q);
             return CRAFT_ECLOSED;
         }
         if (posted == 1) {
             p->refs++;
         }
     }
-    if (p->tail != NULL) {
-        p->tail->next = it;
-    } else {
-        p->head = it;
-    }
-    p->tail = it;
-    p->n_items++;
+    craft__pq_append_locked(&p->q, &it->q);
     pthread_mutex_unlock(&t->mu);
     if (direct) {
         craft__tcp_conn_write_direct_locked(c, frame, len);
@@ -273,88 +247,23 @@ static int pipe_append_entries(void *ctx, const craft_append_entries_req_t *req,
     return 0;
 }
 
-static pl_item_t *pipe_pop_locked(pipeline_t *p);
-
-/* Callback mode: hands the answered requests at the head to fn, in order,
- * one thread at a time (whoever finds `delivering` set leaves its items to
- * the thread already delivering). Not after close (close hands back the
- * rest itself). */
-static void pipe_deliver(tcp_t *t, pipeline_t *p)
-{
-    pthread_mutex_lock(&t->mu);
-    if (p->fn == NULL || p->delivering) {
-        pthread_mutex_unlock(&t->mu);
-        return;
-    }
-    p->delivering = true;
-    while (!p->closed && p->head != NULL && p->head->state == PL_DONE) {
-        pl_item_t *it = pipe_pop_locked(p);
-        pthread_mutex_unlock(&t->mu);
-        p->fn(p->fn_arg, it->err, it->err == 0 ? &it->resp.body.append_entries : NULL, it->tag);
-        craft__tcp_pl_item_free(it);
-        pthread_mutex_lock(&t->mu);
-    }
-    p->delivering = false;
-    pthread_mutex_unlock(&t->mu);
-    pthread_cond_broadcast(&p->cond); /* room in the window; close waits */
-}
-
-/* Removes the oldest item; mu held. */
-static pl_item_t *pipe_pop_locked(pipeline_t *p)
-{
-    pl_item_t *it = p->head;
-    p->head = it->next;
-    if (p->head == NULL) {
-        p->tail = NULL;
-    }
-    p->n_items--;
-    return it;
-}
-
 static int pipe_next_response(void *ctx, craft_append_entries_resp_t *resp,
                               void **tag)
 {
     pipeline_t *p = ctx;
-    tcp_t *t = p->t;
     if (resp == NULL || tag == NULL) {
         return CRAFT_EINVAL;
     }
-    int rv;
-    pl_item_t *done = NULL;
     craft__wire_response_free(&p->last_resp); /* the caller's thread only */
-    pthread_mutex_lock(&t->mu);
-    if (p->fn != NULL) {
-        pthread_mutex_unlock(&t->mu);
-        return CRAFT_EINVAL; /* responses go to the callback */
-    }
-    for (;;) {
-        pl_item_t *it = p->head;
-        if (p->closed) {
-            /* Hand back every unconsumed tag, then nothing. */
-            *tag = NULL;
-            if (it != NULL) {
-                done = pipe_pop_locked(p);
-                *tag = done->tag;
-            }
-            rv = CRAFT_ECLOSED;
-            break;
-        }
-        if (it != NULL && it->state == PL_DONE) {
-            done = pipe_pop_locked(p);
-            *tag = done->tag;
-            rv = done->err;
-            if (rv == 0) {
-                *resp = done->resp.body.append_entries;
-                p->last_resp = done->resp;
-                memset(&done->resp, 0, sizeof done->resp);
-            }
-            break;
-        }
-        pthread_cond_wait(&p->cond, &t->mu);
-    }
-    pthread_mutex_unlock(&t->mu);
+    craft__pq_item_t *done;
+    int rv = craft__pq_next_response(&p->q, resp, tag, &done);
     if (done != NULL) {
-        pthread_cond_broadcast(&p->cond); /* room in the window */
+        pl_item_t *it = CRAFT__PQ_CONTAINER(done, pl_item_t, q);
+        if (rv == 0) {
+            /* *resp's strings live until the next call. */
+            p->last_resp = it->resp;
+            memset(&it->resp, 0, sizeof it->resp);
+        }
         craft__tcp_pl_item_free(done);
     }
     return rv;
@@ -365,54 +274,17 @@ static void pipe_close(void *ctx)
     pipeline_t *p = ctx;
     tcp_t *t = p->t;
     pthread_mutex_lock(&t->mu);
-    if (!p->closed) {
-        p->closed = true;
-        pthread_cond_broadcast(&p->cond);
-        if (craft__tcp_post_locked(t, &p->close_task) == 1) {
-            p->refs++;
-        }
+    if (craft__pq_stop_locked(&p->q) && craft__tcp_post_locked(t, &p->close_task) == 1) {
+        p->refs++;
     }
-    if (p->fn == NULL) {
-        pthread_mutex_unlock(&t->mu);
-        return;
-    }
-    /* Callback mode: wait for a delivery in progress, then hand back every
-     * request left (answered or not) as CRAFT_ECLOSED, in order. */
-    while (p->delivering) {
-        pthread_cond_wait(&p->cond, &t->mu);
-    }
-    pl_item_t *rest = p->head;
-    p->head = p->tail = NULL;
-    p->n_items = 0;
     pthread_mutex_unlock(&t->mu);
-    pthread_cond_broadcast(&p->cond);
-    while (rest != NULL) {
-        pl_item_t *next = rest->next;
-        p->fn(p->fn_arg, CRAFT_ECLOSED, NULL, rest->tag);
-        craft__tcp_pl_item_free(rest);
-        rest = next;
-    }
+    craft__pq_hand_back(&p->q);
 }
 
 static int pipe_set_response_handler(void *ctx, craft_pipeline_response_fn fn, void *arg)
 {
     pipeline_t *p = ctx;
-    tcp_t *t = p->t;
-    if (fn == NULL) {
-        return CRAFT_EINVAL;
-    }
-    pthread_mutex_lock(&t->mu);
-    int rv = 0;
-    if (p->closed) {
-        rv = CRAFT_ECLOSED;
-    } else if (p->fn != NULL || p->head != NULL) {
-        rv = CRAFT_EINVAL; /* once, before the first request */
-    } else {
-        p->fn = fn;
-        p->fn_arg = arg;
-    }
-    pthread_mutex_unlock(&t->mu);
-    return rv;
+    return craft__pq_set_response_handler(&p->q, fn, arg);
 }
 
 static void pipe_free(void *ctx)
@@ -424,14 +296,7 @@ static void pipe_free(void *ctx)
     tcp_t *t = p->t;
     pipe_close(p); /* the contract asks for close first; be lenient */
     pthread_mutex_lock(&t->mu);
-    if (p->prev != NULL) {
-        p->prev->next = p->next;
-    } else {
-        t->pipelines = p->next;
-    }
-    if (p->next != NULL) {
-        p->next->prev = p->prev;
-    }
+    craft__queue_remove(&p->link);
     bool last = --p->refs == 0; /* the owner's */
     pthread_mutex_unlock(&t->mu);
     if (last) {
@@ -460,11 +325,14 @@ int craft__tcp_pipeline(void *ctx, const char *id, const char *target,
         return rv;
     }
     p->target = strdup(target);
-    if (p->target == NULL || craft__tcp_cond_init_monotonic(&p->cond) != 0) {
+    if (p->target == NULL ||
+        craft__pq_init(&p->q, &t->mu, (size_t)t->opts.max_inflight,
+                       craft__tcp_pl_item_free) != 0) {
         free(p->target);
         free(p);
         return CRAFT_ENOMEM;
     }
+    craft__queue_init(&p->link);
     p->iface.ctx = p;
     p->iface.append_entries = pipe_append_entries;
     p->iface.next_response = pipe_next_response;
@@ -485,23 +353,19 @@ int craft__tcp_pipeline(void *ctx, const char *id, const char *target,
         craft__tcp_pipe_free_mem(p);
         return CRAFT_ECLOSED;
     }
-    p->next = t->pipelines;
-    if (t->pipelines != NULL) {
-        t->pipelines->prev = p;
-    }
-    t->pipelines = p;
+    craft__queue_push(&t->pipelines, &p->link);
     if (craft__tcp_post_locked(t, &p->start_task) == 1) {
         p->refs++;
     }
     bool timed_out = false;
-    while (!p->ready && p->broken == 0 && !p->closed && !timed_out) {
-        timed_out = !craft__tcp_cond_wait_until(&p->cond, &t->mu, deadline);
+    while (!p->ready && p->q.broken == 0 && !p->q.closed && !timed_out) {
+        timed_out = !craft__tcp_cond_wait_until(&p->q.cond, &t->mu, deadline);
     }
     rv = 0;
-    if (p->closed) {
+    if (p->q.closed) {
         rv = CRAFT_ECLOSED;
-    } else if (p->broken != 0) {
-        rv = p->broken;
+    } else if (p->q.broken != 0) {
+        rv = p->q.broken;
     } else if (!p->ready) {
         rv = CRAFT_ETIMEDOUT;
     }

@@ -1585,6 +1585,75 @@ START_TEST(test_pipeline_transport_close)
 }
 END_TEST
 
+typedef struct closer {
+    craft_transport_t *t;
+    atomic_bool done;
+} closer_t;
+
+static void *closer_main(void *arg)
+{
+    closer_t *c = arg;
+    c->t->close(c->t->ctx);
+    atomic_store(&c->done, true);
+    return NULL;
+}
+
+static bool closer_done(void *arg)
+{
+    closer_t *c = arg;
+    return atomic_load(&c->done);
+}
+
+/* Closing the transport while a callback pipeline has a request in flight
+ * returns (it used to wait for the worker under the transport's mutex,
+ * which the worker needs to finish its call); the pipeline's own close
+ * then hands every request back. */
+START_TEST(test_pipeline_callback_transport_close)
+{
+    craft_transport_t *a = new_transport("a", LONG_MS);
+    craft_transport_t *b = new_transport("b", LONG_MS);
+    inbox_t ib;
+    inbox_init(&ib); /* never answers before close */
+    b->set_rpc_handler(b->ctx, inbox_handler, &ib);
+    craft_inmem_transport_connect(a, b);
+    craft_pipeline_t *pl = NULL;
+    ck_assert_int_eq(a->append_entries_pipeline(a->ctx, "b", "b", &pl), 0);
+    collector_t c = {.in_order = true};
+    pthread_mutex_init(&c.mu, NULL);
+    ck_assert_int_eq(pl->set_response_handler(pl->ctx, collect, &c), 0);
+    craft_append_entries_req_t *q = ae_new(0, 1);
+    ck_assert_int_eq(pl->append_entries(pl->ctx, q, (void *)1), 0);
+    ck_assert_int_eq(pl->append_entries(pl->ctx, q, (void *)2), 0);
+    ae_free(q);
+    wait_received(&ib, 1); /* request 1 is in flight */
+
+    /* On a thread of its own: a hang fails the test instead of the run. */
+    closer_t cl = {.t = a};
+    atomic_init(&cl.done, false);
+    pthread_t th;
+    ck_assert_int_eq(pthread_create(&th, NULL, closer_main, &cl), 0);
+    ck_assert(tu_wait_for(closer_done, &cl, WAIT_MS));
+    pthread_join(th, NULL);
+
+    pl->close(pl->ctx);
+    pthread_mutex_lock(&c.mu);
+    ck_assert_uint_eq(c.n, 2);
+    ck_assert_uint_eq(c.closed, 2);
+    ck_assert(c.in_order);
+    ck_assert(!c.overlapped);
+    pthread_mutex_unlock(&c.mu);
+    pl->free(pl->ctx); /* drops the last reference to `a` */
+    pthread_mutex_destroy(&c.mu);
+
+    craft_rpc_t *rpc = inbox_pop(&ib, WAIT_MS);
+    ck_assert_ptr_nonnull(rpc);
+    rpc->respond(rpc, 0);
+    b->set_rpc_handler(b->ctx, NULL, NULL);
+    inbox_destroy(&ib);
+    b->close(b->ctx);
+}
+END_TEST
+
 /* ---- many callers while the topology changes ---- */
 
 typedef struct stress {
@@ -1727,6 +1796,7 @@ static Suite *inmem_transport_suite(void)
     tcase_add_test(pipe, test_pipeline_transport_close);
     tcase_add_test(pipe, test_pipeline_callback_order);
     tcase_add_test(pipe, test_pipeline_callback_close);
+    tcase_add_test(pipe, test_pipeline_callback_transport_close);
     suite_add_tcase(s, pipe);
     return s;
 }

@@ -1087,6 +1087,173 @@ START_TEST(test_pipeline_response_timeout)
 }
 END_TEST
 
+/* ---- pipelines with a response callback ---- */
+
+enum { CB_MAX = 1000 };
+
+/* What the response callback saw, call by call. */
+typedef struct cb_log {
+    pthread_mutex_t mu;
+    unsigned n;
+    int err[CB_MAX];
+    uintptr_t tag[CB_MAX];
+    uint64_t last_log[CB_MAX];
+    bool inside;
+    bool overlapped; /* two calls at once */
+} cb_log_t;
+
+static void cb_record(void *arg, int err, const craft_append_entries_resp_t *resp, void *tag)
+{
+    cb_log_t *l = arg;
+    pthread_mutex_lock(&l->mu);
+    l->overlapped |= l->inside;
+    l->inside = true;
+    if (l->n < CB_MAX) {
+        l->err[l->n] = err;
+        l->tag[l->n] = (uintptr_t)tag;
+        l->last_log[l->n] = err == 0 && resp != NULL ? resp->last_log : UINT64_MAX;
+    }
+    l->n++;
+    l->inside = false;
+    pthread_mutex_unlock(&l->mu);
+}
+
+static unsigned cb_count(cb_log_t *l)
+{
+    pthread_mutex_lock(&l->mu);
+    unsigned n = l->n;
+    pthread_mutex_unlock(&l->mu);
+    return n;
+}
+
+typedef struct cb_wait {
+    cb_log_t *l;
+    unsigned n;
+} cb_wait_t;
+
+static bool cb_reached(void *arg)
+{
+    cb_wait_t *w = arg;
+    return cb_count(w->l) >= w->n;
+}
+
+/* Every response reaches the callback once, in order, one call at a time;
+ * next_response is refused and the handler is installed once. */
+START_TEST(test_pipeline_callback_in_order)
+{
+    server_t *s = server_new(NULL, true);
+    craft_tcp_options_t o;
+    opts_init(&o);
+    o.max_inflight = 16;
+    craft_transport_t *c = client_new(&o);
+    craft_pipeline_t *p = NULL;
+    ck_assert_int_eq(c->append_entries_pipeline(c->ctx, "srv", server_addr(s), &p), 0);
+    ck_assert(p->set_response_handler != NULL);
+    cb_log_t l;
+    memset(&l, 0, sizeof l);
+    pthread_mutex_init(&l.mu, NULL);
+    ck_assert_int_eq(p->set_response_handler(p->ctx, NULL, &l), CRAFT_EINVAL);
+    ck_assert_int_eq(p->set_response_handler(p->ctx, cb_record, &l), 0);
+    ck_assert_int_eq(p->set_response_handler(p->ctx, cb_record, &l), CRAFT_EINVAL);
+    pl_sender_t ps = {p, CB_MAX, 0};
+    pthread_t th;
+    ck_assert_int_eq(pthread_create(&th, NULL, pl_sender_main, &ps), 0);
+    cb_wait_t all = {&l, CB_MAX};
+    ck_assert(tu_wait_for(cb_reached, &all, WAIT_MS));
+    pthread_join(th, NULL);
+    ck_assert_int_eq(ps.err, 0);
+    craft_append_entries_resp_t r;
+    void *tag = NULL;
+    ck_assert_int_eq(p->next_response(p->ctx, &r, &tag), CRAFT_EINVAL);
+    p->close(p->ctx);
+    p->free(p->ctx);
+    ck_assert_uint_eq(l.n, CB_MAX);
+    ck_assert(!l.overlapped);
+    for (unsigned i = 0; i < CB_MAX; i++) {
+        ck_assert_int_eq(l.err[i], 0);
+        ck_assert_uint_eq(l.tag[i], i + 1);
+        ck_assert_uint_eq(l.last_log[i], (uint64_t)i + (uint64_t)(i % 2));
+    }
+    pthread_mutex_destroy(&l.mu);
+    c->close(c->ctx);
+    server_free(s);
+}
+END_TEST
+
+/* close() hands every outstanding request back as CRAFT_ECLOSED, in order,
+ * before it returns; a peer going away fails them through the callback. */
+START_TEST(test_pipeline_callback_close_and_failures)
+{
+    server_t *s = server_new(NULL, false); /* never answers by itself */
+    craft_transport_t *c = client_new(NULL);
+    craft_pipeline_t *p = NULL;
+    ck_assert_int_eq(c->append_entries_pipeline(c->ctx, "srv", server_addr(s), &p), 0);
+    cb_log_t l;
+    memset(&l, 0, sizeof l);
+    pthread_mutex_init(&l.mu, NULL);
+    ck_assert_int_eq(p->set_response_handler(p->ctx, cb_record, &l), 0);
+    craft_append_entries_req_t q;
+    heartbeat_req(&q, 1);
+    ck_assert_int_eq(p->append_entries(p->ctx, &q, (void *)1), 0);
+    ck_assert_int_eq(p->append_entries(p->ctx, &q, (void *)2), 0);
+    craft_rpc_t *first = server_pop(s, false);
+    ck_assert_ptr_nonnull(first);
+    answer(s, first);
+    cb_wait_t one = {&l, 1};
+    ck_assert(tu_wait_for(cb_reached, &one, WAIT_MS));
+    ck_assert_int_eq(p->append_entries(p->ctx, &q, (void *)3), 0);
+    p->close(p->ctx);
+    pthread_mutex_lock(&l.mu);
+    ck_assert_uint_eq(l.n, 3);
+    ck_assert_int_eq(l.err[0], 0);
+    ck_assert_uint_eq(l.tag[0], 1);
+    ck_assert_int_eq(l.err[1], CRAFT_ECLOSED);
+    ck_assert_uint_eq(l.tag[1], 2);
+    ck_assert_int_eq(l.err[2], CRAFT_ECLOSED);
+    ck_assert_uint_eq(l.tag[2], 3);
+    pthread_mutex_unlock(&l.mu);
+    ck_assert_int_eq(p->append_entries(p->ctx, &q, (void *)4), CRAFT_ECLOSED);
+    p->close(p->ctx); /* idempotent */
+    p->free(p->ctx);
+    ck_assert_uint_eq(cb_count(&l), 3); /* nothing after close */
+
+    /* A pipeline whose peer goes away: the outstanding request fails. */
+    memset(&l.err, 0, sizeof l.err);
+    l.n = 0;
+    ck_assert_int_eq(c->append_entries_pipeline(c->ctx, "srv", server_addr(s), &p), 0);
+    ck_assert_int_eq(p->set_response_handler(p->ctx, cb_record, &l), 0);
+    ck_assert_int_eq(p->append_entries(p->ctx, &q, (void *)5), 0);
+    craft_rpc_t *held = server_pop(s, false);
+    ck_assert_ptr_nonnull(held);
+    server_free(s); /* the peer goes away with the request unanswered */
+    ck_assert(tu_wait_for(cb_reached, &one, WAIT_MS));
+    pthread_mutex_lock(&l.mu);
+    ck_assert_int_ne(l.err[0], 0);
+    ck_assert_int_ne(l.err[0], CRAFT_ECLOSED);
+    ck_assert_uint_eq(l.tag[0], 5);
+    pthread_mutex_unlock(&l.mu);
+    unsigned want = 1;
+    if (p->append_entries(p->ctx, &q, (void *)6) == 0) {
+        /* Raced with the connection's end being noticed (the peer's
+         * shutdown answer came first): it fails instead. */
+        cb_wait_t two = {&l, 2};
+        ck_assert(tu_wait_for(cb_reached, &two, WAIT_MS));
+        pthread_mutex_lock(&l.mu);
+        ck_assert_int_ne(l.err[1], 0);
+        ck_assert_uint_eq(l.tag[1], 6);
+        pthread_mutex_unlock(&l.mu);
+        want = 2;
+    }
+    p->close(p->ctx);
+    ck_assert_int_eq(p->set_response_handler(p->ctx, cb_record, &l), CRAFT_ECLOSED);
+    p->free(p->ctx);
+    ck_assert_uint_eq(cb_count(&l), want);
+    pthread_mutex_destroy(&l.mu);
+    c->close(c->ctx);
+    held->respond(held, CRAFT_ESHUTDOWN); /* releases it */
+}
+END_TEST
+
 /* ------------------------------------------------------------------------ */
 /* InstallSnapshot streaming                                                 */
 /* ------------------------------------------------------------------------ */
@@ -1616,6 +1783,8 @@ static Suite *tcp_suite(void)
     tcase_add_test(pipe, test_pipeline_unsupported_with_window_1);
     tcase_add_test(pipe, test_pipeline_close_and_failures);
     tcase_add_test(pipe, test_pipeline_response_timeout);
+    tcase_add_test(pipe, test_pipeline_callback_in_order);
+    tcase_add_test(pipe, test_pipeline_callback_close_and_failures);
     suite_add_tcase(s, pipe);
 
     TCase *snap = tcase_create("snapshot");
