@@ -116,6 +116,7 @@ struct fz_trans {
     bool closed;
     call_t *calls;
     craft__queue_t pipelines; /* pipeline_t by link: not yet freed */
+    unsigned pipelines_opened; /* under mu: picks each pipeline's delivery */
     pthread_mutex_t intern_mu;
     char **interned;
     size_t n_interned, cap_interned;
@@ -1050,6 +1051,12 @@ static int pipeline_next(void *ctx, craft_append_entries_resp_t *resp, void **ta
     return rv;
 }
 
+static int pipeline_set_handler(void *ctx, craft_pipeline_response_fn fn, void *arg)
+{
+    pipeline_t *p = ctx;
+    return craft__pq_set_response_handler(&p->q, fn, arg);
+}
+
 static void cancel_calls(fz_trans_t *t, pipeline_t *only)
 {
     pthread_mutex_lock(&t->mu);
@@ -1137,6 +1144,13 @@ static int trans_pipeline(void *ctx, const char *id, const char *target, craft_p
         p->n_workers = 0;
         pipeline_free(p);
         return CRAFT_ECLOSED;
+    }
+    /* Every other pipeline (the parity drawn from the seed) offers the
+     * response callback, as the TCP and inmem transports do, so runs cover
+     * both of craft's ways of taking responses: on the transport's thread,
+     * and from next_response on a decode thread. */
+    if (((t->net->seed >> (t->ep % 32)) + t->pipelines_opened++) % 2 == 0) {
+        p->iface.set_response_handler = pipeline_set_handler;
     }
     for (int i = 0; i < p->n_workers; i++) {
         if (pthread_create(&p->workers[i], NULL, pipeline_worker, p) != 0) {

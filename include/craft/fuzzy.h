@@ -58,7 +58,9 @@ void craft_fuzzy_report_free(craft_fuzzy_report_t *r);
  * decoded by the receiver (responses too); snapshot data streams through.
  * Calls run on the caller's thread (delays are waits on it), pipelines
  * through worker threads (several when reordering, so pipelined requests
- * overtake each other), duplicates through the network's delivery thread. */
+ * overtake each other), duplicates through the network's delivery thread.
+ * Every other pipeline a transport opens (parity from the seed) offers
+ * set_response_handler, so both of craft's response paths run. */
 typedef struct craft_fuzzy_net craft_fuzzy_net_t;
 
 typedef struct craft_fuzzy_faults {
