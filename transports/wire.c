@@ -2,10 +2,9 @@
 #include "transports/wire.h"
 
 #include <limits.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
-
-#define KEY(b, s) craft__mp_put_str((b), (s), sizeof(s) - 1)
 
 /* Seconds from 0001-01-01 to 1970-01-01 (Go's unixToInternal). */
 #define GO_UNIX_TO_INTERNAL INT64_C(62135596800)
@@ -155,13 +154,197 @@ int craft__wire_read_time(craft__mp_reader_t *r, int64_t *unix_ns)
 }
 
 /* ------------------------------------------------------------------------ */
-/* Encoding                                                                  */
+/* Message schemas (WIRE.md §4, §5)                                          */
 /* ------------------------------------------------------------------------ */
 
-static bool with_header_ids(craft__wire_format_t fmt)
-{
-    return fmt != CRAFT__WIRE_FORMAT_V1_1_2;
-}
+/* How a field is held in its C struct and written on the wire. */
+typedef enum {
+    F_UINT,          /* uint64_t: smallest unsigned form */
+    F_BOOL,          /* bool */
+    F_INT,           /* int (Go int): the format's signed form, range checked */
+    F_SIZE,          /* int64_t (Go int64) that must not be negative */
+    F_STR,           /* const char *: raw string, nil when NULL */
+    F_BLOB,          /* const void * + size_t at len_off: raw, nil when NULL */
+    F_TIME,          /* int64_t Unix ns: Log.AppendedAt */
+    F_LOG_TYPE,      /* craft_log_type_t: Go uint8 */
+    F_ENTRIES,       /* const craft_log_t * + size_t at len_off: []*Log */
+    F_CONFIGURATION, /* craft_configuration_t: EncodeConfiguration bytes */
+    /* Legacy fields only protocol < 2 reads: sent, skipped when received. */
+    F_PEERS, /* craft_configuration_t: encodePeers bytes (voters' addresses) */
+    F_NIL    /* no storage: always nil */
+} field_kind_t;
+
+typedef struct field {
+    const char *name; /* Go field name: the map key */
+    uint8_t kind;     /* field_kind_t */
+    bool since_1_3;   /* left out in the 1.1.2 format: RPCHeader ID/Addr
+                         (NEW 1.3.7) and Log.AppendedAt (NEW 1.3.0) */
+    uint16_t off;     /* offsetof the member */
+    uint16_t len_off; /* F_BLOB, F_ENTRIES: offsetof the length member */
+} field_t;
+
+typedef struct message {
+    const field_t *fields;
+    size_t n;
+} message_t;
+
+#define FIELD(T, name, kind, m) {(name), (kind), false, offsetof(T, m), 0}
+#define FIELD_1_3(T, name, kind, m) {(name), (kind), true, offsetof(T, m), 0}
+#define FIELD_N(T, name, kind, m, len)                                         \
+    {(name), (kind), false, offsetof(T, m), offsetof(T, len)}
+#define MESSAGE(fields) {(fields), sizeof(fields) / sizeof((fields)[0])}
+
+/* The flattened RPCHeader (WIRE.md §4). */
+#define ADDR(T) FIELD_1_3(T, "Addr", F_STR, header.addr)
+#define ID(T) FIELD_1_3(T, "ID", F_STR, header.id)
+#define PROTOCOL_VERSION(T)                                                    \
+    FIELD(T, "ProtocolVersion", F_INT, header.protocol_version)
+
+/* Every table lists a Go struct's exported fields in the order go-msgpack
+ * writes them: names sorted byte-wise. S names the C struct of the table
+ * that follows it. */
+
+static const field_t log_fields[] = {
+    FIELD_1_3(craft_log_t, "AppendedAt", F_TIME, appended_at_ns),
+    FIELD_N(craft_log_t, "Data", F_BLOB, data, len),
+    FIELD_N(craft_log_t, "Extensions", F_BLOB, ext, ext_len),
+    FIELD(craft_log_t, "Index", F_UINT, index),
+    FIELD(craft_log_t, "Term", F_UINT, term),
+    FIELD(craft_log_t, "Type", F_LOG_TYPE, type),
+};
+
+#define S craft_append_entries_req_t
+static const field_t append_entries_req[] = {
+    ADDR(S),
+    FIELD_N(S, "Entries", F_ENTRIES, entries, n_entries),
+    ID(S),
+    FIELD(S, "Leader", F_STR, leader),
+    FIELD(S, "LeaderCommitIndex", F_UINT, leader_commit_index),
+    FIELD(S, "PrevLogEntry", F_UINT, prev_log_entry),
+    FIELD(S, "PrevLogTerm", F_UINT, prev_log_term),
+    PROTOCOL_VERSION(S),
+    FIELD(S, "Term", F_UINT, term),
+};
+#undef S
+
+#define S craft_append_entries_resp_t
+static const field_t append_entries_resp[] = {
+    ADDR(S),
+    ID(S),
+    FIELD(S, "LastLog", F_UINT, last_log),
+    FIELD(S, "NoRetryBackoff", F_BOOL, no_retry_backoff),
+    PROTOCOL_VERSION(S),
+    FIELD(S, "Success", F_BOOL, success),
+    FIELD(S, "Term", F_UINT, term),
+};
+#undef S
+
+#define S craft_request_vote_req_t
+static const field_t request_vote_req[] = {
+    ADDR(S),
+    FIELD(S, "Candidate", F_STR, candidate),
+    ID(S),
+    FIELD(S, "LastLogIndex", F_UINT, last_log_index),
+    FIELD(S, "LastLogTerm", F_UINT, last_log_term),
+    FIELD(S, "LeadershipTransfer", F_BOOL, leadership_transfer),
+    PROTOCOL_VERSION(S),
+    FIELD(S, "Term", F_UINT, term),
+};
+#undef S
+
+#define S craft_request_vote_resp_t
+static const field_t request_vote_resp[] = {
+    ADDR(S),
+    FIELD(S, "Granted", F_BOOL, granted),
+    ID(S),
+    {"Peers", F_NIL, false, 0, 0}, /* filled only for protocol < 2 */
+    PROTOCOL_VERSION(S),
+    FIELD(S, "Term", F_UINT, term),
+};
+#undef S
+
+/* RequestPreVote exists only in hashicorp >= 1.7: always the full header. */
+#define S craft_request_prevote_req_t
+static const field_t request_prevote_req[] = {
+    FIELD(S, "Addr", F_STR, header.addr),
+    FIELD(S, "ID", F_STR, header.id),
+    FIELD(S, "LastLogIndex", F_UINT, last_log_index),
+    FIELD(S, "LastLogTerm", F_UINT, last_log_term),
+    PROTOCOL_VERSION(S),
+    FIELD(S, "Term", F_UINT, term),
+};
+#undef S
+
+#define S craft_request_prevote_resp_t
+static const field_t request_prevote_resp[] = {
+    FIELD(S, "Addr", F_STR, header.addr),
+    FIELD(S, "Granted", F_BOOL, granted),
+    FIELD(S, "ID", F_STR, header.id),
+    PROTOCOL_VERSION(S),
+    FIELD(S, "Term", F_UINT, term),
+};
+#undef S
+
+/* Peers carries encodePeers(configuration), as real hashicorp leaders send
+ * it; receivers of protocol >= 2 only read Configuration. */
+#define S craft_install_snapshot_req_t
+static const field_t install_snapshot_req[] = {
+    ADDR(S),
+    FIELD(S, "Configuration", F_CONFIGURATION, configuration),
+    FIELD(S, "ConfigurationIndex", F_UINT, configuration_index),
+    ID(S),
+    FIELD(S, "LastLogIndex", F_UINT, last_log_index),
+    FIELD(S, "LastLogTerm", F_UINT, last_log_term),
+    FIELD(S, "Leader", F_STR, leader),
+    FIELD(S, "Peers", F_PEERS, configuration),
+    PROTOCOL_VERSION(S),
+    FIELD(S, "Size", F_SIZE, size),
+    FIELD(S, "SnapshotVersion", F_INT, snapshot_version),
+    FIELD(S, "Term", F_UINT, term),
+};
+#undef S
+
+#define S craft_install_snapshot_resp_t
+static const field_t install_snapshot_resp[] = {
+    ADDR(S),
+    ID(S),
+    PROTOCOL_VERSION(S),
+    FIELD(S, "Success", F_BOOL, success),
+    FIELD(S, "Term", F_UINT, term),
+};
+#undef S
+
+/* TimeoutNowRequest and TimeoutNowResponse: only the header (the two C
+ * structs are just the header, so one table serves both). */
+static const field_t header_only[] = {
+    ADDR(craft_timeout_now_req_t),
+    ID(craft_timeout_now_req_t),
+    PROTOCOL_VERSION(craft_timeout_now_req_t),
+};
+
+#define N_RPC_TYPES (CRAFT_RPC_REQUEST_PREVOTE + 1)
+
+static const message_t log_message = MESSAGE(log_fields);
+
+static const message_t requests[N_RPC_TYPES] = {
+    [CRAFT_RPC_APPEND_ENTRIES] = MESSAGE(append_entries_req),
+    [CRAFT_RPC_REQUEST_VOTE] = MESSAGE(request_vote_req),
+    [CRAFT_RPC_INSTALL_SNAPSHOT] = MESSAGE(install_snapshot_req),
+    [CRAFT_RPC_TIMEOUT_NOW] = MESSAGE(header_only),
+    [CRAFT_RPC_REQUEST_PREVOTE] = MESSAGE(request_prevote_req),
+};
+
+static const message_t responses[N_RPC_TYPES] = {
+    [CRAFT_RPC_APPEND_ENTRIES] = MESSAGE(append_entries_resp),
+    [CRAFT_RPC_REQUEST_VOTE] = MESSAGE(request_vote_resp),
+    [CRAFT_RPC_INSTALL_SNAPSHOT] = MESSAGE(install_snapshot_resp),
+    [CRAFT_RPC_TIMEOUT_NOW] = MESSAGE(header_only),
+    [CRAFT_RPC_REQUEST_PREVOTE] = MESSAGE(request_prevote_resp),
+};
+
+/* ------------------------------------------------------------------------ */
+/* Encoding                                                                  */
+/* ------------------------------------------------------------------------ */
 
 static craft__mp_int_form_t int_form(craft__wire_format_t fmt)
 {
@@ -169,24 +352,13 @@ static craft__mp_int_form_t int_form(craft__wire_format_t fmt)
                                             : CRAFT__MP_INT_V2;
 }
 
-static void put_addr(craft__mp_buf_t *b, const craft_rpc_header_t *h)
+static bool field_sent(const field_t *f, craft__wire_format_t fmt)
 {
-    KEY(b, "Addr");
-    craft__mp_put_cstr_or_nil(b, h->addr);
+    return !f->since_1_3 || fmt != CRAFT__WIRE_FORMAT_V1_1_2;
 }
 
-static void put_id(craft__mp_buf_t *b, const craft_rpc_header_t *h)
-{
-    KEY(b, "ID");
-    craft__mp_put_cstr_or_nil(b, h->id);
-}
-
-static void put_protocol_version(craft__mp_buf_t *b, craft__wire_format_t fmt,
-                                 const craft_rpc_header_t *h)
-{
-    KEY(b, "ProtocolVersion");
-    craft__mp_put_int(b, h->protocol_version, int_form(fmt));
-}
+static int put_fields(craft__mp_buf_t *b, craft__wire_format_t fmt,
+                      const message_t *m, const void *msg);
 
 static int put_log(craft__mp_buf_t *b, craft__wire_format_t fmt,
                    const craft_log_t *l)
@@ -195,161 +367,39 @@ static int put_log(craft__mp_buf_t *b, craft__wire_format_t fmt,
         (int)l->type < 0 || (int)l->type > UINT8_MAX) {
         return CRAFT_EINVAL;
     }
-    bool cur = fmt != CRAFT__WIRE_FORMAT_V1_1_2;
-    craft__mp_put_map(b, cur ? 6 : 5);
-    if (cur) {
-        KEY(b, "AppendedAt");
-        craft__wire_put_time(b, l->appended_at_ns);
-    }
-    KEY(b, "Data");
-    craft__mp_put_blob_or_nil(b, l->data, l->len);
-    KEY(b, "Extensions");
-    craft__mp_put_blob_or_nil(b, l->ext, l->ext_len);
-    KEY(b, "Index");
-    craft__mp_put_uint(b, l->index);
-    KEY(b, "Term");
-    craft__mp_put_uint(b, l->term);
-    KEY(b, "Type");
-    craft__mp_put_uint(b, (uint64_t)l->type);
-    return 0;
+    return put_fields(b, fmt, &log_message, l);
 }
 
-static int put_append_entries_req(craft__mp_buf_t *b, craft__wire_format_t fmt,
-                                  const craft_append_entries_req_t *req)
+static int put_entries(craft__mp_buf_t *b, craft__wire_format_t fmt,
+                       const craft_log_t *e, size_t n)
 {
-    bool ids = with_header_ids(fmt);
-    if ((req->entries == NULL && req->n_entries > 0) ||
-        req->n_entries > UINT32_MAX) {
+    if ((e == NULL && n > 0) || n > UINT32_MAX) {
         return CRAFT_EINVAL;
     }
-    craft__mp_put_map(b, ids ? 9 : 7);
-    if (ids) {
-        put_addr(b, &req->header);
-    }
-    KEY(b, "Entries");
-    if (req->entries == NULL) {
+    if (e == NULL) {
         craft__mp_put_nil(b); /* Go nil slice: hashicorp's heartbeat */
-    } else {
-        craft__mp_put_array(b, (uint32_t)req->n_entries);
-        for (size_t i = 0; i < req->n_entries; i++) {
-            int rv = put_log(b, fmt, &req->entries[i]);
-            if (rv != 0) {
-                return rv;
-            }
+        return 0;
+    }
+    craft__mp_put_array(b, (uint32_t)n);
+    for (size_t i = 0; i < n; i++) {
+        int rv = put_log(b, fmt, &e[i]);
+        if (rv != 0) {
+            return rv;
         }
     }
-    if (ids) {
-        put_id(b, &req->header);
-    }
-    KEY(b, "Leader");
-    craft__mp_put_cstr_or_nil(b, req->leader);
-    KEY(b, "LeaderCommitIndex");
-    craft__mp_put_uint(b, req->leader_commit_index);
-    KEY(b, "PrevLogEntry");
-    craft__mp_put_uint(b, req->prev_log_entry);
-    KEY(b, "PrevLogTerm");
-    craft__mp_put_uint(b, req->prev_log_term);
-    put_protocol_version(b, fmt, &req->header);
-    KEY(b, "Term");
-    craft__mp_put_uint(b, req->term);
     return 0;
 }
 
-static int put_append_entries_resp(craft__mp_buf_t *b, craft__wire_format_t fmt,
-                                   const craft_append_entries_resp_t *resp)
+static int put_configuration(craft__mp_buf_t *b, const craft_configuration_t *c)
 {
-    bool ids = with_header_ids(fmt);
-    craft__mp_put_map(b, ids ? 7 : 5);
-    if (ids) {
-        put_addr(b, &resp->header);
-        put_id(b, &resp->header);
+    void *conf;
+    size_t conf_len;
+    int rv = craft__configuration_encode(c, &conf, &conf_len);
+    if (rv != 0) {
+        return rv;
     }
-    KEY(b, "LastLog");
-    craft__mp_put_uint(b, resp->last_log);
-    KEY(b, "NoRetryBackoff");
-    craft__mp_put_bool(b, resp->no_retry_backoff);
-    put_protocol_version(b, fmt, &resp->header);
-    KEY(b, "Success");
-    craft__mp_put_bool(b, resp->success);
-    KEY(b, "Term");
-    craft__mp_put_uint(b, resp->term);
-    return 0;
-}
-
-static int put_request_vote_req(craft__mp_buf_t *b, craft__wire_format_t fmt,
-                                const craft_request_vote_req_t *req)
-{
-    bool ids = with_header_ids(fmt);
-    craft__mp_put_map(b, ids ? 8 : 6);
-    if (ids) {
-        put_addr(b, &req->header);
-    }
-    KEY(b, "Candidate");
-    craft__mp_put_cstr_or_nil(b, req->candidate);
-    if (ids) {
-        put_id(b, &req->header);
-    }
-    KEY(b, "LastLogIndex");
-    craft__mp_put_uint(b, req->last_log_index);
-    KEY(b, "LastLogTerm");
-    craft__mp_put_uint(b, req->last_log_term);
-    KEY(b, "LeadershipTransfer");
-    craft__mp_put_bool(b, req->leadership_transfer);
-    put_protocol_version(b, fmt, &req->header);
-    KEY(b, "Term");
-    craft__mp_put_uint(b, req->term);
-    return 0;
-}
-
-static int put_request_vote_resp(craft__mp_buf_t *b, craft__wire_format_t fmt,
-                                 const craft_request_vote_resp_t *resp)
-{
-    bool ids = with_header_ids(fmt);
-    craft__mp_put_map(b, ids ? 6 : 4);
-    if (ids) {
-        put_addr(b, &resp->header);
-    }
-    KEY(b, "Granted");
-    craft__mp_put_bool(b, resp->granted);
-    if (ids) {
-        put_id(b, &resp->header);
-    }
-    KEY(b, "Peers");
-    craft__mp_put_nil(b); /* only filled for protocol < 2 */
-    put_protocol_version(b, fmt, &resp->header);
-    KEY(b, "Term");
-    craft__mp_put_uint(b, resp->term);
-    return 0;
-}
-
-/* RequestPreVote exists only in hashicorp >= 1.7: always the full form. */
-static int put_request_prevote_req(craft__mp_buf_t *b, craft__wire_format_t fmt,
-                                   const craft_request_prevote_req_t *req)
-{
-    craft__mp_put_map(b, 6);
-    put_addr(b, &req->header);
-    put_id(b, &req->header);
-    KEY(b, "LastLogIndex");
-    craft__mp_put_uint(b, req->last_log_index);
-    KEY(b, "LastLogTerm");
-    craft__mp_put_uint(b, req->last_log_term);
-    put_protocol_version(b, fmt, &req->header);
-    KEY(b, "Term");
-    craft__mp_put_uint(b, req->term);
-    return 0;
-}
-
-static int put_request_prevote_resp(craft__mp_buf_t *b, craft__wire_format_t fmt,
-                                    const craft_request_prevote_resp_t *resp)
-{
-    craft__mp_put_map(b, 5);
-    put_addr(b, &resp->header);
-    KEY(b, "Granted");
-    craft__mp_put_bool(b, resp->granted);
-    put_id(b, &resp->header);
-    put_protocol_version(b, fmt, &resp->header);
-    KEY(b, "Term");
-    craft__mp_put_uint(b, resp->term);
+    craft__mp_put_str(b, conf, conf_len);
+    free(conf);
     return 0;
 }
 
@@ -382,84 +432,74 @@ static int put_legacy_peers(craft__mp_buf_t *b, const craft_configuration_t *c)
     return rv;
 }
 
-static int put_install_snapshot_req(craft__mp_buf_t *b, craft__wire_format_t fmt,
-                                    const craft_install_snapshot_req_t *req)
+static int put_field(craft__mp_buf_t *b, craft__wire_format_t fmt,
+                     const field_t *f, const void *msg)
 {
-    bool ids = with_header_ids(fmt);
-    void *conf;
-    size_t conf_len;
-    if (req->size < 0) {
-        return CRAFT_EINVAL;
+    const void *p = (const char *)msg + f->off;
+    const size_t *len = (const void *)((const char *)msg + f->len_off);
+    switch ((field_kind_t)f->kind) {
+    case F_UINT:
+        craft__mp_put_uint(b, *(const uint64_t *)p);
+        break;
+    case F_BOOL:
+        craft__mp_put_bool(b, *(const bool *)p);
+        break;
+    case F_INT:
+        craft__mp_put_int(b, *(const int *)p, int_form(fmt));
+        break;
+    case F_SIZE:
+        craft__mp_put_int(b, *(const int64_t *)p, int_form(fmt));
+        break;
+    case F_STR:
+        craft__mp_put_cstr_or_nil(b, *(const char *const *)p);
+        break;
+    case F_BLOB:
+        craft__mp_put_blob_or_nil(b, *(const void *const *)p, *len);
+        break;
+    case F_TIME:
+        craft__wire_put_time(b, *(const int64_t *)p);
+        break;
+    case F_LOG_TYPE:
+        craft__mp_put_uint(b, (uint64_t)*(const craft_log_type_t *)p);
+        break;
+    case F_ENTRIES:
+        return put_entries(b, fmt, *(const craft_log_t *const *)p, *len);
+    case F_CONFIGURATION:
+        return put_configuration(b, p);
+    case F_PEERS:
+        return put_legacy_peers(b, p);
+    case F_NIL:
+        craft__mp_put_nil(b);
+        break;
     }
-    int rv = craft__configuration_encode(&req->configuration, &conf, &conf_len);
-    if (rv != 0) {
-        return rv;
-    }
-    craft__mp_put_map(b, ids ? 12 : 10);
-    if (ids) {
-        put_addr(b, &req->header);
-    }
-    KEY(b, "Configuration");
-    craft__mp_put_str(b, conf, conf_len);
-    free(conf);
-    KEY(b, "ConfigurationIndex");
-    craft__mp_put_uint(b, req->configuration_index);
-    if (ids) {
-        put_id(b, &req->header);
-    }
-    KEY(b, "LastLogIndex");
-    craft__mp_put_uint(b, req->last_log_index);
-    KEY(b, "LastLogTerm");
-    craft__mp_put_uint(b, req->last_log_term);
-    KEY(b, "Leader");
-    craft__mp_put_cstr_or_nil(b, req->leader);
-    KEY(b, "Peers");
-    if ((rv = put_legacy_peers(b, &req->configuration)) != 0) {
-        return rv;
-    }
-    put_protocol_version(b, fmt, &req->header);
-    KEY(b, "Size");
-    craft__mp_put_int(b, req->size, int_form(fmt));
-    KEY(b, "SnapshotVersion");
-    craft__mp_put_int(b, req->snapshot_version, int_form(fmt));
-    KEY(b, "Term");
-    craft__mp_put_uint(b, req->term);
     return 0;
 }
 
-static int put_install_snapshot_resp(craft__mp_buf_t *b, craft__wire_format_t fmt,
-                                     const craft_install_snapshot_resp_t *resp)
+/* The struct `msg` as a map of the fields `fmt` sends. */
+static int put_fields(craft__mp_buf_t *b, craft__wire_format_t fmt,
+                      const message_t *m, const void *msg)
 {
-    bool ids = with_header_ids(fmt);
-    craft__mp_put_map(b, ids ? 5 : 3);
-    if (ids) {
-        put_addr(b, &resp->header);
-        put_id(b, &resp->header);
+    uint32_t n = 0;
+    for (size_t i = 0; i < m->n; i++) {
+        n += field_sent(&m->fields[i], fmt);
     }
-    put_protocol_version(b, fmt, &resp->header);
-    KEY(b, "Success");
-    craft__mp_put_bool(b, resp->success);
-    KEY(b, "Term");
-    craft__mp_put_uint(b, resp->term);
+    craft__mp_put_map(b, n);
+    for (size_t i = 0; i < m->n; i++) {
+        const field_t *f = &m->fields[i];
+        if (!field_sent(f, fmt)) {
+            continue;
+        }
+        craft__mp_put_str(b, f->name, strlen(f->name));
+        int rv = put_field(b, fmt, f, msg);
+        if (rv != 0) {
+            return rv;
+        }
+    }
     return 0;
 }
 
-/* TimeoutNowRequest and TimeoutNowResponse: only the header. */
-static int put_header_only(craft__mp_buf_t *b, craft__wire_format_t fmt,
-                           const craft_rpc_header_t *h)
-{
-    bool ids = with_header_ids(fmt);
-    craft__mp_put_map(b, ids ? 3 : 1);
-    if (ids) {
-        put_addr(b, h);
-        put_id(b, h);
-    }
-    put_protocol_version(b, fmt, h);
-    return 0;
-}
-
-/* Runs an encoder and rolls `b` back to where it was on a (non-sticky)
- * error, so a failed encode never leaves half a frame behind. */
+/* Rolls `b` back to where it was on a (non-sticky) error, so a failed
+ * encode never leaves half a frame behind. */
 static int finish(craft__mp_buf_t *b, size_t start, int rv)
 {
     if (rv == 0 && b->err != 0) {
@@ -484,26 +524,13 @@ int craft__wire_encode_request(craft__mp_buf_t *b, craft__wire_format_t fmt,
         return CRAFT_EINVAL;
     }
     craft__mp_put_bytes(b, &t, 1);
-    switch (type) {
-    case CRAFT_RPC_APPEND_ENTRIES:
-        rv = put_append_entries_req(b, fmt, req);
-        break;
-    case CRAFT_RPC_REQUEST_VOTE:
-        rv = put_request_vote_req(b, fmt, req);
-        break;
-    case CRAFT_RPC_INSTALL_SNAPSHOT:
-        rv = put_install_snapshot_req(b, fmt, req);
-        break;
-    case CRAFT_RPC_TIMEOUT_NOW:
-        rv = put_header_only(
-            b, fmt, &((const craft_timeout_now_req_t *)req)->header);
-        break;
-    case CRAFT_RPC_REQUEST_PREVOTE:
-        rv = put_request_prevote_req(b, fmt, req);
-        break;
-    default:
+    if ((unsigned)type >= N_RPC_TYPES) {
         rv = CRAFT_EINVAL;
-        break;
+    } else if (type == CRAFT_RPC_INSTALL_SNAPSHOT &&
+               ((const craft_install_snapshot_req_t *)req)->size < 0) {
+        rv = CRAFT_EINVAL; /* a byte count: refused before anything is encoded */
+    } else {
+        rv = put_fields(b, fmt, &requests[type], req);
     }
     return finish(b, start, rv);
 }
@@ -517,31 +544,14 @@ int craft__wire_encode_response(craft__mp_buf_t *b, craft__wire_format_t fmt,
     if (b->err != 0) {
         return b->err;
     }
-    if ((unsigned)type > CRAFT_RPC_REQUEST_PREVOTE) {
+    if ((unsigned)type >= N_RPC_TYPES) {
         return CRAFT_EINVAL;
     }
     craft__mp_put_cstr_or_nil(b, error ? error : "");
     if (resp == NULL) {
         craft__mp_put_nil(b);
-        return finish(b, start, 0);
-    }
-    switch (type) {
-    case CRAFT_RPC_APPEND_ENTRIES:
-        rv = put_append_entries_resp(b, fmt, resp);
-        break;
-    case CRAFT_RPC_REQUEST_VOTE:
-        rv = put_request_vote_resp(b, fmt, resp);
-        break;
-    case CRAFT_RPC_INSTALL_SNAPSHOT:
-        rv = put_install_snapshot_resp(b, fmt, resp);
-        break;
-    case CRAFT_RPC_TIMEOUT_NOW:
-        rv = put_header_only(
-            b, fmt, &((const craft_timeout_now_resp_t *)resp)->header);
-        break;
-    case CRAFT_RPC_REQUEST_PREVOTE:
-        rv = put_request_prevote_resp(b, fmt, resp);
-        break;
+    } else {
+        rv = put_fields(b, fmt, &responses[type], resp);
     }
     return finish(b, start, rv);
 }
@@ -555,7 +565,7 @@ bool craft__wire_is_heartbeat(const craft_append_entries_req_t *req)
 }
 
 /* ------------------------------------------------------------------------ */
-/* Decoding: field helpers (reader codes; CRAFT_ENOMEM passes through)      */
+/* Decoding (reader codes; CRAFT_ENOMEM passes through)                      */
 /* ------------------------------------------------------------------------ */
 
 static int bad(craft__mp_reader_t *r, const char *why)
@@ -577,6 +587,17 @@ static int str_field(craft__mp_reader_t *r, const char **field)
     return rv;
 }
 
+/* A []byte field (nil -> NULL/0); a duplicate key replaces the old value. */
+static int blob_field(craft__mp_reader_t *r, const void **field, size_t *len)
+{
+    void *p;
+    free((void *)*field);
+    *field = NULL;
+    int rv = craft__mp_read_blob_dup(r, &p, len);
+    *field = p;
+    return rv;
+}
+
 static int int_field(craft__mp_reader_t *r, int *field)
 {
     int64_t v;
@@ -591,140 +612,46 @@ static int int_field(craft__mp_reader_t *r, int *field)
     return CRAFT__MP_OK;
 }
 
-/* Handles the flattened RPCHeader keys. *handled tells whether `key` was
- * one of them. */
-static int header_key(craft__mp_reader_t *r, const uint8_t *k, size_t kl,
-                      craft_rpc_header_t *h, bool *handled)
+static int log_type_field(craft__mp_reader_t *r, craft_log_type_t *field)
 {
-    *handled = true;
-    if (craft__mp_key_is(k, kl, "ProtocolVersion")) {
-        return int_field(r, &h->protocol_version);
+    uint64_t t = 0;
+    int rv = craft__mp_read_uint(r, &t);
+    if (rv == CRAFT__MP_OK && t > UINT8_MAX) {
+        rv = bad(r, "log type out of range");
     }
-    if (craft__mp_key_is(k, kl, "ID")) {
-        return str_field(r, &h->id);
-    }
-    if (craft__mp_key_is(k, kl, "Addr")) {
-        return str_field(r, &h->addr);
-    }
-    *handled = false;
-    return CRAFT__MP_OK;
-}
-
-static void header_free(craft_rpc_header_t *h)
-{
-    free((void *)h->id);
-    free((void *)h->addr);
-    h->id = NULL;
-    h->addr = NULL;
-}
-
-/* Opens a message map: nil (Go decodes it as the zero struct) gives 0
- * pairs. */
-static int open_map(craft__mp_reader_t *r, uint32_t *n, bool *opened)
-{
-    *opened = false;
-    *n = 0;
-    if (craft__mp_try_nil(r)) {
-        return CRAFT__MP_OK;
-    }
-    int rv = craft__mp_read_map(r, n);
-    *opened = rv == CRAFT__MP_OK;
+    *field = (craft_log_type_t)t;
     return rv;
 }
 
-static void close_map(craft__mp_reader_t *r, bool opened)
+static int size_field(craft__mp_reader_t *r, int64_t *field)
 {
-    if (opened) {
-        craft__mp_leave(r);
+    int rv = craft__mp_read_int(r, field);
+    if (rv == CRAFT__MP_OK && *field < 0) {
+        rv = bad(r, "negative snapshot size");
     }
-}
-
-/* Iterates the pairs of a message map. For each key, `body` is a block
- * that sets `rv` (reader code) and `matched` (key known). Unknown keys are
- * skipped, as go-msgpack does (ErrorIfNoField=false). */
-#define FOR_EACH_KEY(r, rv, k, kl, body)                                       \
-    do {                                                                       \
-        uint32_t n_pairs_;                                                     \
-        bool opened_;                                                          \
-        (rv) = open_map((r), &n_pairs_, &opened_);                             \
-        for (uint32_t i_ = 0; (rv) == CRAFT__MP_OK && i_ < n_pairs_; i_++) {   \
-            const uint8_t *k;                                                  \
-            size_t kl;                                                         \
-            bool matched = true;                                               \
-            (rv) = craft__mp_read_str((r), &k, &kl);                           \
-            if ((rv) != CRAFT__MP_OK) {                                        \
-                break;                                                         \
-            }                                                                  \
-            body;                                                              \
-            if ((rv) == CRAFT__MP_OK && !matched) {                            \
-                (rv) = craft__mp_skip(r);                                      \
-            }                                                                  \
-        }                                                                      \
-        if ((rv) == CRAFT__MP_OK) {                                            \
-            close_map((r), opened_);                                           \
-        }                                                                      \
-    } while (0)
-
-/* ------------------------------------------------------------------------ */
-/* Decoding: messages                                                        */
-/* ------------------------------------------------------------------------ */
-
-static int decode_log(craft__mp_reader_t *r, craft_log_t *l)
-{
-    int rv;
-    if (r->pos < r->len && r->p[r->pos] == 0xc0) {
-        /* a nil *Log would crash a Go receiver: never valid */
-        return bad(r, "nil log entry");
-    }
-    FOR_EACH_KEY(r, rv, k, kl, {
-        if (craft__mp_key_is(k, kl, "Index")) {
-            rv = craft__mp_read_uint(r, &l->index);
-        } else if (craft__mp_key_is(k, kl, "Term")) {
-            rv = craft__mp_read_uint(r, &l->term);
-        } else if (craft__mp_key_is(k, kl, "Type")) {
-            uint64_t t = 0;
-            rv = craft__mp_read_uint(r, &t);
-            if (rv == CRAFT__MP_OK && t > UINT8_MAX) {
-                rv = bad(r, "log type out of range");
-            }
-            l->type = (craft_log_type_t)t;
-        } else if (craft__mp_key_is(k, kl, "Data")) {
-            void *p;
-            free((void *)l->data);
-            l->data = NULL;
-            rv = craft__mp_read_blob_dup(r, &p, &l->len);
-            l->data = p;
-        } else if (craft__mp_key_is(k, kl, "Extensions")) {
-            void *p;
-            free((void *)l->ext);
-            l->ext = NULL;
-            rv = craft__mp_read_blob_dup(r, &p, &l->ext_len);
-            l->ext = p;
-        } else if (craft__mp_key_is(k, kl, "AppendedAt")) {
-            rv = craft__wire_read_time(r, &l->appended_at_ns);
-        } else {
-            matched = false;
-        }
-    });
     return rv;
 }
 
-static void entries_free(craft_append_entries_req_t *req)
+static int get_fields(craft__mp_reader_t *r, const craft__wire_limits_t *lim,
+                      const message_t *m, void *msg);
+static void free_fields(const message_t *m, void *msg);
+
+static void entries_free(const craft_log_t **entries, size_t *n)
 {
-    craft_log_t *e = (craft_log_t *)req->entries;
-    for (size_t i = 0; e != NULL && i < req->n_entries; i++) {
-        craft_log_release(&e[i]);
+    craft_log_t *e = (craft_log_t *)*entries;
+    for (size_t i = 0; e != NULL && i < *n; i++) {
+        free_fields(&log_message, &e[i]);
     }
     free(e);
-    req->entries = NULL;
-    req->n_entries = 0;
+    *entries = NULL;
+    *n = 0;
 }
 
-static int decode_entries(craft__mp_reader_t *r, const craft__wire_limits_t *lim,
-                          craft_append_entries_req_t *req)
+static int entries_field(craft__mp_reader_t *r, const craft__wire_limits_t *lim,
+                         const craft_log_t **entries, size_t *n_entries)
 {
     uint32_t n;
-    entries_free(req);
+    entries_free(entries, n_entries);
     if (craft__mp_try_nil(r)) {
         return CRAFT__MP_OK;
     }
@@ -740,10 +667,14 @@ static int decode_entries(craft__mp_reader_t *r, const craft__wire_limits_t *lim
     if (e == NULL) {
         return CRAFT_ENOMEM;
     }
-    req->entries = e;
+    *entries = e;
     for (uint32_t i = 0; i < n; i++) {
-        req->n_entries = i + 1;
-        if ((rv = decode_log(r, &e[i])) != CRAFT__MP_OK) {
+        *n_entries = i + 1;
+        if (r->pos < r->len && r->p[r->pos] == 0xc0) {
+            /* a nil *Log would crash a Go receiver: never valid */
+            return bad(r, "nil log entry");
+        }
+        if ((rv = get_fields(r, lim, &log_message, &e[i])) != CRAFT__MP_OK) {
             return rv;
         }
     }
@@ -751,87 +682,7 @@ static int decode_entries(craft__mp_reader_t *r, const craft__wire_limits_t *lim
     return CRAFT__MP_OK;
 }
 
-static int decode_append_entries_req(craft__mp_reader_t *r,
-                                     const craft__wire_limits_t *lim,
-                                     craft_append_entries_req_t *req)
-{
-    int rv;
-    FOR_EACH_KEY(r, rv, k, kl, {
-        rv = header_key(r, k, kl, &req->header, &matched);
-        if (matched) {
-        } else if (craft__mp_key_is(k, kl, "Term")) {
-            matched = true;
-            rv = craft__mp_read_uint(r, &req->term);
-        } else if (craft__mp_key_is(k, kl, "Leader")) {
-            matched = true;
-            rv = str_field(r, &req->leader);
-        } else if (craft__mp_key_is(k, kl, "PrevLogEntry")) {
-            matched = true;
-            rv = craft__mp_read_uint(r, &req->prev_log_entry);
-        } else if (craft__mp_key_is(k, kl, "PrevLogTerm")) {
-            matched = true;
-            rv = craft__mp_read_uint(r, &req->prev_log_term);
-        } else if (craft__mp_key_is(k, kl, "LeaderCommitIndex")) {
-            matched = true;
-            rv = craft__mp_read_uint(r, &req->leader_commit_index);
-        } else if (craft__mp_key_is(k, kl, "Entries")) {
-            matched = true;
-            rv = decode_entries(r, lim, req);
-        }
-    });
-    return rv;
-}
-
-static int decode_request_vote_req(craft__mp_reader_t *r,
-                                   craft_request_vote_req_t *req)
-{
-    int rv;
-    FOR_EACH_KEY(r, rv, k, kl, {
-        rv = header_key(r, k, kl, &req->header, &matched);
-        if (matched) {
-        } else if (craft__mp_key_is(k, kl, "Term")) {
-            matched = true;
-            rv = craft__mp_read_uint(r, &req->term);
-        } else if (craft__mp_key_is(k, kl, "Candidate")) {
-            matched = true;
-            rv = str_field(r, &req->candidate);
-        } else if (craft__mp_key_is(k, kl, "LastLogIndex")) {
-            matched = true;
-            rv = craft__mp_read_uint(r, &req->last_log_index);
-        } else if (craft__mp_key_is(k, kl, "LastLogTerm")) {
-            matched = true;
-            rv = craft__mp_read_uint(r, &req->last_log_term);
-        } else if (craft__mp_key_is(k, kl, "LeadershipTransfer")) {
-            matched = true;
-            rv = craft__mp_read_bool(r, &req->leadership_transfer);
-        }
-    });
-    return rv;
-}
-
-static int decode_request_prevote_req(craft__mp_reader_t *r,
-                                      craft_request_prevote_req_t *req)
-{
-    int rv;
-    FOR_EACH_KEY(r, rv, k, kl, {
-        rv = header_key(r, k, kl, &req->header, &matched);
-        if (matched) {
-        } else if (craft__mp_key_is(k, kl, "Term")) {
-            matched = true;
-            rv = craft__mp_read_uint(r, &req->term);
-        } else if (craft__mp_key_is(k, kl, "LastLogIndex")) {
-            matched = true;
-            rv = craft__mp_read_uint(r, &req->last_log_index);
-        } else if (craft__mp_key_is(k, kl, "LastLogTerm")) {
-            matched = true;
-            rv = craft__mp_read_uint(r, &req->last_log_term);
-        }
-    });
-    return rv;
-}
-
-static int decode_configuration_blob(craft__mp_reader_t *r,
-                                     craft_configuration_t *c)
+static int configuration_field(craft__mp_reader_t *r, craft_configuration_t *c)
 {
     const uint8_t *s;
     size_t n;
@@ -853,112 +704,73 @@ static int decode_configuration_blob(craft__mp_reader_t *r,
     return rv == 0 ? CRAFT__MP_OK : bad(r, "bad Configuration");
 }
 
-static int decode_install_snapshot_req(craft__mp_reader_t *r,
-                                       craft_install_snapshot_req_t *req)
+static int get_field(craft__mp_reader_t *r, const craft__wire_limits_t *lim,
+                     const field_t *f, void *msg)
 {
-    int rv;
-    FOR_EACH_KEY(r, rv, k, kl, {
-        rv = header_key(r, k, kl, &req->header, &matched);
-        if (matched) {
-        } else if (craft__mp_key_is(k, kl, "SnapshotVersion")) {
-            matched = true;
-            rv = int_field(r, &req->snapshot_version);
-        } else if (craft__mp_key_is(k, kl, "Term")) {
-            matched = true;
-            rv = craft__mp_read_uint(r, &req->term);
-        } else if (craft__mp_key_is(k, kl, "Leader")) {
-            matched = true;
-            rv = str_field(r, &req->leader);
-        } else if (craft__mp_key_is(k, kl, "LastLogIndex")) {
-            matched = true;
-            rv = craft__mp_read_uint(r, &req->last_log_index);
-        } else if (craft__mp_key_is(k, kl, "LastLogTerm")) {
-            matched = true;
-            rv = craft__mp_read_uint(r, &req->last_log_term);
-        } else if (craft__mp_key_is(k, kl, "Configuration")) {
-            matched = true;
-            rv = decode_configuration_blob(r, &req->configuration);
-        } else if (craft__mp_key_is(k, kl, "ConfigurationIndex")) {
-            matched = true;
-            rv = craft__mp_read_uint(r, &req->configuration_index);
-        } else if (craft__mp_key_is(k, kl, "Size")) {
-            matched = true;
-            rv = craft__mp_read_int(r, &req->size);
-            if (rv == CRAFT__MP_OK && req->size < 0) {
-                rv = bad(r, "negative snapshot size");
-            }
-        }
-        /* Peers (legacy encodePeers) is only read by protocol < 2: skipped */
-    });
-    return rv;
+    void *p = (char *)msg + f->off;
+    size_t *len = (void *)((char *)msg + f->len_off);
+    switch ((field_kind_t)f->kind) {
+    case F_UINT:
+        return craft__mp_read_uint(r, p);
+    case F_BOOL:
+        return craft__mp_read_bool(r, p);
+    case F_INT:
+        return int_field(r, p);
+    case F_SIZE:
+        return size_field(r, p);
+    case F_STR:
+        return str_field(r, p);
+    case F_BLOB:
+        return blob_field(r, p, len);
+    case F_TIME:
+        return craft__wire_read_time(r, p);
+    case F_LOG_TYPE:
+        return log_type_field(r, p);
+    case F_ENTRIES:
+        return entries_field(r, lim, p, len);
+    case F_CONFIGURATION:
+        return configuration_field(r, p);
+    case F_PEERS:
+    case F_NIL:
+        break;
+    }
+    return craft__mp_skip(r);
 }
 
-static int decode_header_only(craft__mp_reader_t *r, craft_rpc_header_t *h)
+static const field_t *find_field(const message_t *m, const uint8_t *k,
+                                 size_t kl)
 {
-    int rv;
-    FOR_EACH_KEY(r, rv, k, kl, { rv = header_key(r, k, kl, h, &matched); });
-    return rv;
+    for (size_t i = 0; i < m->n; i++) {
+        if (craft__mp_key_is(k, kl, m->fields[i].name)) {
+            return &m->fields[i];
+        }
+    }
+    return NULL;
 }
 
-static int decode_append_entries_resp(craft__mp_reader_t *r,
-                                      craft_append_entries_resp_t *resp)
+/* Decodes a map into the struct `msg`, which the caller zeroed. Keys may
+ * come in any order; unknown keys are skipped, as go-msgpack does
+ * (ErrorIfNoField=false); nil gives the zero struct, as in Go. */
+static int get_fields(craft__mp_reader_t *r, const craft__wire_limits_t *lim,
+                      const message_t *m, void *msg)
 {
-    int rv;
-    FOR_EACH_KEY(r, rv, k, kl, {
-        rv = header_key(r, k, kl, &resp->header, &matched);
-        if (matched) {
-        } else if (craft__mp_key_is(k, kl, "Term")) {
-            matched = true;
-            rv = craft__mp_read_uint(r, &resp->term);
-        } else if (craft__mp_key_is(k, kl, "LastLog")) {
-            matched = true;
-            rv = craft__mp_read_uint(r, &resp->last_log);
-        } else if (craft__mp_key_is(k, kl, "Success")) {
-            matched = true;
-            rv = craft__mp_read_bool(r, &resp->success);
-        } else if (craft__mp_key_is(k, kl, "NoRetryBackoff")) {
-            matched = true;
-            rv = craft__mp_read_bool(r, &resp->no_retry_backoff);
+    uint32_t n;
+    if (craft__mp_try_nil(r)) {
+        return CRAFT__MP_OK;
+    }
+    int rv = craft__mp_read_map(r, &n);
+    for (uint32_t i = 0; rv == CRAFT__MP_OK && i < n; i++) {
+        const uint8_t *k;
+        size_t kl;
+        if ((rv = craft__mp_read_str(r, &k, &kl)) != CRAFT__MP_OK) {
+            break;
         }
-    });
-    return rv;
-}
-
-/* RequestVoteResponse and RequestPreVoteResponse share their fields. */
-static int decode_vote_resp(craft__mp_reader_t *r, craft_rpc_header_t *h,
-                            uint64_t *term, bool *granted)
-{
-    int rv;
-    FOR_EACH_KEY(r, rv, k, kl, {
-        rv = header_key(r, k, kl, h, &matched);
-        if (matched) {
-        } else if (craft__mp_key_is(k, kl, "Term")) {
-            matched = true;
-            rv = craft__mp_read_uint(r, term);
-        } else if (craft__mp_key_is(k, kl, "Granted")) {
-            matched = true;
-            rv = craft__mp_read_bool(r, granted);
-        }
-        /* Peers: protocol < 2 only, skipped */
-    });
-    return rv;
-}
-
-static int decode_install_snapshot_resp(craft__mp_reader_t *r,
-                                        craft_install_snapshot_resp_t *resp)
-{
-    int rv;
-    FOR_EACH_KEY(r, rv, k, kl, {
-        rv = header_key(r, k, kl, &resp->header, &matched);
-        if (matched) {
-        } else if (craft__mp_key_is(k, kl, "Term")) {
-            matched = true;
-            rv = craft__mp_read_uint(r, &resp->term);
-        } else if (craft__mp_key_is(k, kl, "Success")) {
-            matched = true;
-            rv = craft__mp_read_bool(r, &resp->success);
-        }
-    });
+        const field_t *f = find_field(m, k, kl);
+        rv = f != NULL ? get_field(r, lim, f, msg) : craft__mp_skip(r);
+    }
+    if (rv == CRAFT__MP_OK) {
+        craft__mp_leave(r);
+    }
     return rv;
 }
 
@@ -966,34 +778,41 @@ static int decode_install_snapshot_resp(craft__mp_reader_t *r,
 /* Freeing                                                                   */
 /* ------------------------------------------------------------------------ */
 
+/* Frees what get_fields allocated in `msg` (not `msg` itself). */
+static void free_fields(const message_t *m, void *msg)
+{
+    for (size_t i = 0; i < m->n; i++) {
+        const field_t *f = &m->fields[i];
+        void *p = (char *)msg + f->off;
+        size_t *len = (void *)((char *)msg + f->len_off);
+        switch ((field_kind_t)f->kind) {
+        case F_STR:
+            free((void *)*(const char **)p);
+            *(const char **)p = NULL;
+            break;
+        case F_BLOB:
+            free((void *)*(const void **)p);
+            *(const void **)p = NULL;
+            break;
+        case F_ENTRIES:
+            entries_free(p, len);
+            break;
+        case F_CONFIGURATION:
+            craft_configuration_free(p);
+            break;
+        default:
+            break;
+        }
+    }
+}
+
 void craft__wire_request_free(craft_rpc_t *rpc)
 {
     if (rpc == NULL) {
         return;
     }
-    switch (rpc->type) {
-    case CRAFT_RPC_APPEND_ENTRIES: {
-        craft_append_entries_req_t *q = &rpc->req.append_entries;
-        header_free(&q->header);
-        free((void *)q->leader);
-        entries_free(q);
-        break;
-    }
-    case CRAFT_RPC_REQUEST_VOTE:
-        header_free(&rpc->req.request_vote.header);
-        free((void *)rpc->req.request_vote.candidate);
-        break;
-    case CRAFT_RPC_INSTALL_SNAPSHOT:
-        header_free(&rpc->req.install_snapshot.header);
-        free((void *)rpc->req.install_snapshot.leader);
-        craft_configuration_free(&rpc->req.install_snapshot.configuration);
-        break;
-    case CRAFT_RPC_TIMEOUT_NOW:
-        header_free(&rpc->req.timeout_now.header);
-        break;
-    case CRAFT_RPC_REQUEST_PREVOTE:
-        header_free(&rpc->req.request_prevote.header);
-        break;
+    if ((unsigned)rpc->type < N_RPC_TYPES) {
+        free_fields(&requests[rpc->type], &rpc->req);
     }
     memset(&rpc->req, 0, sizeof rpc->req);
 }
@@ -1004,22 +823,8 @@ void craft__wire_response_free(craft__wire_response_t *resp)
         return;
     }
     free(resp->error);
-    switch (resp->type) {
-    case CRAFT_RPC_APPEND_ENTRIES:
-        header_free(&resp->body.append_entries.header);
-        break;
-    case CRAFT_RPC_REQUEST_VOTE:
-        header_free(&resp->body.request_vote.header);
-        break;
-    case CRAFT_RPC_INSTALL_SNAPSHOT:
-        header_free(&resp->body.install_snapshot.header);
-        break;
-    case CRAFT_RPC_TIMEOUT_NOW:
-        header_free(&resp->body.timeout_now.header);
-        break;
-    case CRAFT_RPC_REQUEST_PREVOTE:
-        header_free(&resp->body.request_prevote.header);
-        break;
+    if ((unsigned)resp->type < N_RPC_TYPES) {
+        free_fields(&responses[resp->type], &resp->body);
     }
     craft_rpc_type_t type = resp->type;
     memset(resp, 0, sizeof *resp);
@@ -1125,7 +930,7 @@ int craft__wire_decode_request(craft__wire_decoder_t *d, const void *buf,
             d->need = 1;
             return CRAFT__WIRE_NEED_MORE;
         }
-        if (p[0] > CRAFT_RPC_REQUEST_PREVOTE) {
+        if (p[0] >= N_RPC_TYPES) {
             return fail(d, "unknown rpc type");
         }
         d->rpc_type = p[0];
@@ -1144,23 +949,7 @@ int craft__wire_decode_request(craft__wire_decoder_t *d, const void *buf,
                           d->limits.max_blob_bytes);
     memset(&rpc->req, 0, sizeof rpc->req);
     rpc->type = (craft_rpc_type_t)d->rpc_type;
-    switch (rpc->type) {
-    case CRAFT_RPC_APPEND_ENTRIES:
-        rv = decode_append_entries_req(&r, &d->limits, &rpc->req.append_entries);
-        break;
-    case CRAFT_RPC_REQUEST_VOTE:
-        rv = decode_request_vote_req(&r, &rpc->req.request_vote);
-        break;
-    case CRAFT_RPC_INSTALL_SNAPSHOT:
-        rv = decode_install_snapshot_req(&r, &rpc->req.install_snapshot);
-        break;
-    case CRAFT_RPC_TIMEOUT_NOW:
-        rv = decode_header_only(&r, &rpc->req.timeout_now.header);
-        break;
-    case CRAFT_RPC_REQUEST_PREVOTE:
-        rv = decode_request_prevote_req(&r, &rpc->req.request_prevote);
-        break;
-    }
+    rv = get_fields(&r, &d->limits, &requests[rpc->type], &rpc->req);
     rv = finish_decode(d, &r, rv);
     if (rv != 0) {
         craft__wire_request_free(rpc);
@@ -1177,7 +966,7 @@ int craft__wire_decode_response(craft__wire_decoder_t *d, craft_rpc_type_t type,
     const uint8_t *p = buf;
     *consumed = 0;
     d->reason = NULL;
-    if ((unsigned)type > CRAFT_RPC_REQUEST_PREVOTE) {
+    if ((unsigned)type >= N_RPC_TYPES) {
         return fail(d, "unknown rpc type");
     }
     if (!d->in_frame) {
@@ -1204,27 +993,7 @@ int craft__wire_decode_response(craft__wire_decoder_t *d, craft_rpc_type_t type,
     }
     if (rv == CRAFT__MP_OK) {
         resp->has_body = !(r.pos < r.len && r.p[r.pos] == 0xc0);
-        switch (type) {
-        case CRAFT_RPC_APPEND_ENTRIES:
-            rv = decode_append_entries_resp(&r, &resp->body.append_entries);
-            break;
-        case CRAFT_RPC_REQUEST_VOTE:
-            rv = decode_vote_resp(&r, &resp->body.request_vote.header,
-                                  &resp->body.request_vote.term,
-                                  &resp->body.request_vote.granted);
-            break;
-        case CRAFT_RPC_INSTALL_SNAPSHOT:
-            rv = decode_install_snapshot_resp(&r, &resp->body.install_snapshot);
-            break;
-        case CRAFT_RPC_TIMEOUT_NOW:
-            rv = decode_header_only(&r, &resp->body.timeout_now.header);
-            break;
-        case CRAFT_RPC_REQUEST_PREVOTE:
-            rv = decode_vote_resp(&r, &resp->body.request_prevote.header,
-                                  &resp->body.request_prevote.term,
-                                  &resp->body.request_prevote.granted);
-            break;
-        }
+        rv = get_fields(&r, &d->limits, &responses[type], &resp->body);
     }
     rv = finish_decode(d, &r, rv);
     if (rv != 0) {

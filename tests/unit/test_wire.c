@@ -731,6 +731,125 @@ START_TEST(test_signed_int_forms)
 END_TEST
 
 /* ------------------------------------------------------------------------ */
+/* WIRE.md §4/§5: the keys of every message, in wire order, per format      */
+/* ------------------------------------------------------------------------ */
+
+/* The keys of the map at r's position, space-separated, into out. */
+static void map_keys(craft__mp_reader_t *r, char *out, size_t cap)
+{
+    uint32_t n;
+    size_t at = 0;
+    out[0] = '\0';
+    ck_assert_int_eq(craft__mp_read_map(r, &n), CRAFT__MP_OK);
+    for (uint32_t i = 0; i < n; i++) {
+        const uint8_t *k;
+        size_t kl;
+        ck_assert_int_eq(craft__mp_read_str(r, &k, &kl), CRAFT__MP_OK);
+        int w = snprintf(out + at, cap - at, "%s%.*s", i ? " " : "", (int)kl,
+                         (const char *)k);
+        ck_assert(w > 0 && (size_t)w < cap - at);
+        at += (size_t)w;
+        ck_assert_int_eq(craft__mp_skip(r), CRAFT__MP_OK);
+    }
+    craft__mp_leave(r);
+}
+
+static void expect_keys(const uint8_t *p, size_t len, const char *want)
+{
+    char got[512];
+    craft__mp_reader_t r;
+    craft__mp_reader_init(&r, p, len, 0, 0);
+    map_keys(&r, got, sizeof got);
+    ck_assert_str_eq(got, want);
+}
+
+/* `spec` lists keys with [..] around those the 1.1.2 format leaves out. */
+static void format_keys(const char *spec, bool with_new, char *out, size_t cap)
+{
+    size_t w = 0;
+    while (*spec != '\0') {
+        size_t len = strcspn(spec, " ");
+        bool is_new = spec[0] == '[';
+        if (with_new || !is_new) {
+            int n = snprintf(out + w, cap - w, "%s%.*s", w ? " " : "",
+                             (int)(is_new ? len - 2 : len), spec + is_new);
+            ck_assert(n > 0 && (size_t)n < cap - w);
+            w += (size_t)n;
+        }
+        spec += len + (spec[len] == ' ');
+    }
+    out[w] = '\0';
+}
+
+START_TEST(test_message_keys)
+{
+    /* WIRE.md §4; [..] marks what the 1.1.2 format leaves out */
+    static const struct {
+        craft_rpc_type_t type;
+        bool req;
+        const char *keys;
+    } msgs[] = {
+        {CRAFT_RPC_APPEND_ENTRIES, true,
+         "[Addr] Entries [ID] Leader LeaderCommitIndex PrevLogEntry "
+         "PrevLogTerm ProtocolVersion Term"},
+        {CRAFT_RPC_APPEND_ENTRIES, false,
+         "[Addr] [ID] LastLog NoRetryBackoff ProtocolVersion Success Term"},
+        {CRAFT_RPC_REQUEST_VOTE, true,
+         "[Addr] Candidate [ID] LastLogIndex LastLogTerm LeadershipTransfer "
+         "ProtocolVersion Term"},
+        {CRAFT_RPC_REQUEST_VOTE, false,
+         "[Addr] Granted [ID] Peers ProtocolVersion Term"},
+        {CRAFT_RPC_REQUEST_PREVOTE, true,
+         "Addr ID LastLogIndex LastLogTerm ProtocolVersion Term"},
+        {CRAFT_RPC_REQUEST_PREVOTE, false, "Addr Granted ID ProtocolVersion Term"},
+        {CRAFT_RPC_INSTALL_SNAPSHOT, true,
+         "[Addr] Configuration ConfigurationIndex [ID] LastLogIndex "
+         "LastLogTerm Leader Peers ProtocolVersion Size SnapshotVersion Term"},
+        {CRAFT_RPC_INSTALL_SNAPSHOT, false,
+         "[Addr] [ID] ProtocolVersion Success Term"},
+        {CRAFT_RPC_TIMEOUT_NOW, true, "[Addr] [ID] ProtocolVersion"},
+        {CRAFT_RPC_TIMEOUT_NOW, false, "[Addr] [ID] ProtocolVersion"},
+    };
+    craft_log_t e[1] = {{1, 1, CRAFT_LOG_COMMAND, NULL, 0, NULL, 0, 0}};
+    for (size_t i = 0; i < sizeof msgs / sizeof msgs[0]; i++) {
+        craft_rpc_t rpc;
+        memset(&rpc, 0, sizeof rpc);
+        if (msgs[i].type == CRAFT_RPC_APPEND_ENTRIES) {
+            rpc.req.append_entries.entries = e;
+            rpc.req.append_entries.n_entries = 1;
+        }
+        for (int f = 0; f < 2; f++) {
+            craft__wire_format_t fmt = f ? F112 : FDEF;
+            char want[512];
+            format_keys(msgs[i].keys, fmt == FDEF, want, sizeof want);
+            craft__mp_buf_t b;
+            craft__mp_buf_init(&b);
+            int rv = msgs[i].req
+                         ? craft__wire_encode_request(&b, fmt, msgs[i].type,
+                                                      &rpc.req)
+                         : craft__wire_encode_response(&b, fmt, msgs[i].type,
+                                                       NULL, &rpc.resp);
+            ck_assert_int_eq(rv, 0);
+            /* after the type byte, or the "" error string */
+            expect_keys(b.data + 1, b.len - 1, want);
+            if (msgs[i].type == CRAFT_RPC_APPEND_ENTRIES && msgs[i].req) {
+                /* Log (§5): AppendedAt is new in 1.3.0 */
+                const uint8_t entries[] = {0xa7, 'E', 'n', 't', 'r',
+                                           'i',  'e', 's', 0x91};
+                const uint8_t *at = memmem(b.data, b.len, entries, sizeof entries);
+                ck_assert_ptr_nonnull(at);
+                at += sizeof entries;
+                format_keys("[AppendedAt] Data Extensions Index Term Type",
+                            fmt == FDEF, want, sizeof want);
+                expect_keys(at, b.len - (size_t)(at - b.data), want);
+            }
+            craft__mp_buf_free(&b);
+        }
+    }
+}
+END_TEST
+
+/* ------------------------------------------------------------------------ */
 /* WIRE-SAMPLES decoder tolerance checks, rebuilt in full                    */
 /* ------------------------------------------------------------------------ */
 
@@ -1686,6 +1805,7 @@ static Suite *wire_suite(void)
     tcase_add_test(tc, test_wire_md_append_entries);
     tcase_add_test(tc, test_wire_md_small_frames);
     tcase_add_test(tc, test_signed_int_forms);
+    tcase_add_test(tc, test_message_keys);
     suite_add_tcase(s, tc);
     tc = tcase_create("tolerance");
     tcase_add_test(tc, test_tolerance);
