@@ -316,6 +316,9 @@ static const field_t install_snapshot_resp[] = {
 
 /* TimeoutNowRequest and TimeoutNowResponse: only the header (the two C
  * structs are just the header, so one table serves both). */
+_Static_assert(offsetof(craft_timeout_now_req_t, header) == 0 &&
+                   offsetof(craft_timeout_now_resp_t, header) == 0,
+               "header_only serves both TimeoutNow structs");
 static const field_t header_only[] = {
     ADDR(craft_timeout_now_req_t),
     ID(craft_timeout_now_req_t),
