@@ -854,6 +854,9 @@ void craft__wire_decoder_init(craft__wire_decoder_t *d,
     if (d->limits.max_depth == 0) {
         d->limits.max_depth = def.max_depth;
     }
+    if (d->limits.max_entries == 0) {
+        d->limits.max_entries = def.max_entries;
+    }
     if (d->limits.max_depth > CRAFT__MP_MAX_DEPTH) {
         d->limits.max_depth = CRAFT__MP_MAX_DEPTH;
     }

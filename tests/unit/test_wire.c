@@ -1178,6 +1178,10 @@ START_TEST(test_limits)
     ck_assert_int_eq(decode_with(&lim, b, n, &rpc), 0);
     lim.max_entries = 2;
     ck_assert_int_eq(decode_with(&lim, b, n, &rpc), CRAFT_EPROTOCOL);
+    /* zero limits mean the defaults, max_entries included */
+    craft__wire_limits_t zero;
+    memset(&zero, 0, sizeof zero);
+    ck_assert_int_eq(decode_with(&zero, b, n, &rpc), 0);
     craft__wire_limits_default(&lim);
 
     /* blob length */
