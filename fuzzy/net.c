@@ -26,9 +26,10 @@
  * transports and calls are reference counted, a handler slot counts its
  * invocations so that detaching waits for them, and the InstallSnapshot
  * reader stops touching the caller's stream once the caller returned.
+ * Closing a transport only stops its pipelines; their owner's close hands
+ * back what is left.
  *
- * Lock order: net->mu alone; t->core.mu -> call mu; pipeline mu alone
- * (never held with t->core.mu).
+ * Lock order: net->mu alone; t->core.mu -> pipeline mu -> call mu.
  */
 #include "craft/fuzzy.h"
 
@@ -1009,29 +1010,23 @@ static void trans_close(void *ctx)
         n->eps[t->ep].t = NULL;
     }
     pthread_mutex_unlock(&n->mu);
+    /* No new calls or handler invocations; outgoing calls (the pipelines'
+     * included) fail with CRAFT_ECLOSED. */
     pthread_mutex_lock(&t->core.mu);
     t->core.closed = true;
     craft__inproc_cancel_calls_locked(&t->core, NULL);
-    pthread_mutex_unlock(&t->core.mu);
-    /* Close pipelines (their calls are cancelled above); they are freed by
-     * their owner. Walk under t->core.mu but close outside it. */
-    for (;;) {
-        pipeline_t *open = NULL;
-        pthread_mutex_lock(&t->core.mu);
-        craft__queue_t *e;
-        CRAFT__QUEUE_FOREACH(e, &t->core.pipelines) {
-            pipeline_t *p = CRAFT__QUEUE_DATA(e, pipeline_t, link);
-            if (!pipeline_closed(p)) {
-                open = p;
-                break;
-            }
-        }
-        pthread_mutex_unlock(&t->core.mu);
-        if (open == NULL) {
-            break;
-        }
-        pipeline_close(open);
+    /* Pipelines are only stopped, under core.mu, as the inmem and TCP
+     * transports do: the owner may free a pipeline as soon as core.mu is
+     * released, so nothing here may touch one afterwards. The owner's
+     * close (or free) hands back what is left. */
+    craft__queue_t *e;
+    CRAFT__QUEUE_FOREACH(e, &t->core.pipelines) {
+        pipeline_t *p = CRAFT__QUEUE_DATA(e, pipeline_t, link);
+        pthread_mutex_lock(&p->mu);
+        craft__pq_stop_locked(&p->q);
+        pthread_mutex_unlock(&p->mu);
     }
+    pthread_mutex_unlock(&t->core.mu);
     /* Wait for handler invocations in progress. */
     craft__inproc_clear_handlers(&t->core);
     trans_unref(t);
