@@ -21,13 +21,15 @@
  * let them overtake each other; the pipeline's queue
  * (transports/pipeline_queue.h) hands responses back in request order.
  *
- * Lifetimes follow transports/inmem.c: transports and calls are reference
- * counted, a handler slot counts its invocations so that detaching waits
- * for them, and the InstallSnapshot reader stops touching the caller's
- * stream once the caller returned.
+ * Lifetimes follow transports/inmem.c, whose call objects, handler slots
+ * and InstallSnapshot reader this network shares (transports/inproc.h):
+ * transports and calls are reference counted, a handler slot counts its
+ * invocations so that detaching waits for them, and the InstallSnapshot
+ * reader stops touching the caller's stream once the caller returned.
+ * Closing a transport only stops its pipelines; their owner's close hands
+ * back what is left.
  *
- * Lock order: net->mu alone; t->mu -> call mu; pipeline mu alone (never
- * held with t->mu).
+ * Lock order: net->mu alone; t->core.mu -> pipeline mu -> call mu.
  */
 #include "craft/fuzzy.h"
 
@@ -40,6 +42,7 @@
 #include <time.h>
 
 #include "lib/queue.h"
+#include "transports/inproc.h"
 #include "transports/pipeline_queue.h"
 #include "transports/wire.h"
 #include "util.h"
@@ -97,53 +100,24 @@ struct craft_fuzzy_net {
     bool stopping;
 };
 
-typedef struct handler_slot {
-    craft_rpc_handler_fn fn;
-    void *arg;
-    uint64_t gen;
-    unsigned active_cur, active_old;
-} handler_slot_t;
-
 struct fz_trans {
     craft_transport_t iface;
     craft_fuzzy_net_t *net;
     int ep;
     char *addr;
     atomic_int refs;
-    pthread_mutex_t mu;
-    pthread_cond_t idle;
-    handler_slot_t rpc_h, hb_h;
-    bool closed;
-    call_t *calls;
-    craft__queue_t pipelines; /* pipeline_t by link: not yet freed */
-    unsigned pipelines_opened; /* under mu: picks each pipeline's delivery */
-    pthread_mutex_t intern_mu;
-    char **interned;
-    size_t n_interned, cap_interned;
+    /* Handlers, calls in progress, pipelines (pipeline_t by link, not yet
+     * freed) under core.mu; interned response strings. */
+    craft__inproc_t core;
+    unsigned pipelines_opened; /* under core.mu: picks each pipeline's delivery */
 };
 
+/* The answer travels encoded: base.body holds the response's bytes, and
+ * base.err the failure to encode them. */
 struct call {
-    craft_rpc_t rpc; /* first: respond() gets &rpc */
-    atomic_int refs;
-    pthread_mutex_t mu;
-    pthread_cond_t cond;
-    bool responded;
-    bool cancelled;
-    bool orphan; /* a duplicate: nobody waits for the answer */
+    craft__inproc_call_t base; /* first: respond() gets &base.rpc */
+    bool orphan;               /* a duplicate: nobody waits for the answer */
     bool decoded;
-    uint8_t *resp_bytes;
-    size_t resp_len;
-    int resp_rv; /* encoding failure of the response */
-    pipeline_t *pl;
-    call_t *prev, *next; /* in origin->calls */
-    /* InstallSnapshot stream */
-    craft_reader_t reader;
-    pthread_mutex_t reader_mu;
-    craft_reader_t *source;
-    bool live;
-    int64_t remaining;
-    int64_t cut_at; /* -1: no cut */
-    int64_t done;
     craft_fuzzy_net_t *net;
 };
 
@@ -153,19 +127,9 @@ struct call {
 
 static struct timespec abs_deadline_us(int64_t at_us)
 {
-    /* Condvars use CLOCK_MONOTONIC (cond_init). */
+    /* Condvars use CLOCK_MONOTONIC (craft__inproc_cond_init). */
     struct timespec ts = {(time_t)(at_us / 1000000), (long)(at_us % 1000000) * 1000L};
     return ts;
-}
-
-static int cond_init(pthread_cond_t *c)
-{
-    pthread_condattr_t a;
-    pthread_condattr_init(&a);
-    pthread_condattr_setclock(&a, CLOCK_MONOTONIC);
-    int rv = pthread_cond_init(c, &a);
-    pthread_condattr_destroy(&a);
-    return rv;
 }
 
 /* The craft code whose message is `s` (remote error strings). */
@@ -190,47 +154,9 @@ static void trans_unref(fz_trans_t *t)
     if (atomic_fetch_sub(&t->refs, 1) != 1) {
         return;
     }
-    for (size_t i = 0; i < t->n_interned; i++) {
-        free(t->interned[i]);
-    }
-    free(t->interned);
+    craft__inproc_destroy(&t->core);
     free(t->addr);
-    pthread_mutex_destroy(&t->intern_mu);
-    pthread_cond_destroy(&t->idle);
-    pthread_mutex_destroy(&t->mu);
     free(t);
-}
-
-static const char *intern(fz_trans_t *t, const char *s)
-{
-    if (s == NULL) {
-        return NULL;
-    }
-    const char *out = NULL;
-    pthread_mutex_lock(&t->intern_mu);
-    for (size_t i = 0; i < t->n_interned; i++) {
-        if (strcmp(t->interned[i], s) == 0) {
-            out = t->interned[i];
-            goto done;
-        }
-    }
-    if (t->n_interned == t->cap_interned) {
-        size_t cap = t->cap_interned ? t->cap_interned * 2 : 16;
-        char **p = realloc(t->interned, cap * sizeof *p);
-        if (p == NULL) {
-            goto done;
-        }
-        t->interned = p;
-        t->cap_interned = cap;
-    }
-    char *copy = strdup(s);
-    if (copy != NULL) {
-        t->interned[t->n_interned++] = copy;
-    }
-    out = copy;
-done:
-    pthread_mutex_unlock(&t->intern_mu);
-    return out;
 }
 
 /* Endpoint index of `addr`, registering it when `create`; -1 if absent or
@@ -392,21 +318,17 @@ unsigned craft_fuzzy_net_check_election_safety(craft_fuzzy_net_t *n, craft_fuzzy
 /* Calls                                                                     */
 /* ------------------------------------------------------------------------ */
 
-static void call_unref(call_t *c)
+static void call_destroy(craft__inproc_call_t *base)
 {
-    if (atomic_fetch_sub(&c->refs, 1) != 1) {
-        return;
-    }
+    call_t *c = (call_t *)base;
     if (c->decoded) {
-        craft__wire_request_free(&c->rpc);
+        craft__wire_request_free(&c->base.rpc);
     }
-    free(c->resp_bytes);
-    pthread_mutex_destroy(&c->reader_mu);
-    pthread_cond_destroy(&c->cond);
-    pthread_mutex_destroy(&c->mu);
     free(c);
 }
 
+/* rpc->respond: the answer is encoded here, on the consumer's thread, and
+ * decoded by the caller. */
 static void call_respond(craft_rpc_t *rpc, int err)
 {
     call_t *c = (call_t *)rpc;
@@ -427,66 +349,16 @@ static void call_respond(craft_rpc_t *rpc, int err)
             craft__mp_buf_free(&b);
         }
     }
-    pthread_mutex_lock(&c->mu);
-    if (c->responded) {
-        pthread_mutex_unlock(&c->mu);
-        free(bytes);
-        return;
-    }
-    c->responded = true;
-    c->resp_bytes = bytes;
-    c->resp_len = len;
-    c->resp_rv = rv;
-    pthread_cond_signal(&c->cond);
-    pthread_mutex_unlock(&c->mu);
-    call_unref(c);
+    craft__inproc_call_respond(&c->base, rv, bytes, len);
 }
 
-static int64_t call_reader_read(void *ctx, void *buf, size_t len)
+/* The snapshot stream broke at the drawn point. */
+static void call_on_cut(craft__inproc_call_t *base)
 {
-    call_t *c = ctx;
-    if (buf == NULL || len == 0) {
-        return CRAFT_EINVAL;
-    }
-    int64_t n;
-    pthread_mutex_lock(&c->reader_mu);
-    if (!c->live) {
-        n = CRAFT_ECLOSED;
-    } else if (c->remaining == 0) {
-        n = 0;
-    } else {
-        if ((uint64_t)len > (uint64_t)c->remaining) {
-            len = (size_t)c->remaining;
-        }
-        if (c->cut_at >= 0 && c->done + (int64_t)len > c->cut_at) {
-            /* The connection breaks in the middle of the stream. */
-            len = (size_t)(c->cut_at - c->done);
-            if (len == 0) {
-                c->live = false;
-                pthread_mutex_unlock(&c->reader_mu);
-                pthread_mutex_lock(&c->net->mu);
-                c->net->st.snapshot_cuts++;
-                pthread_mutex_unlock(&c->net->mu);
-                return CRAFT_EIO;
-            }
-        }
-        n = c->source->read(c->source->ctx, buf, len);
-        if (n == 0) {
-            n = CRAFT_EIO;
-        } else if (n > (int64_t)len) {
-            n = CRAFT_EPROTOCOL;
-        } else if (n > 0) {
-            c->remaining -= n;
-            c->done += n;
-        }
-    }
-    pthread_mutex_unlock(&c->reader_mu);
-    return n;
-}
-
-static void call_reader_close(void *ctx)
-{
-    (void)ctx;
+    call_t *c = (call_t *)base;
+    pthread_mutex_lock(&c->net->mu);
+    c->net->st.snapshot_cuts++;
+    pthread_mutex_unlock(&c->net->mu);
 }
 
 static call_t *call_new(craft_fuzzy_net_t *net)
@@ -495,83 +367,31 @@ static call_t *call_new(craft_fuzzy_net_t *net)
     if (c == NULL) {
         return NULL;
     }
-    pthread_mutex_init(&c->mu, NULL);
-    cond_init(&c->cond);
-    pthread_mutex_init(&c->reader_mu, NULL);
-    atomic_init(&c->refs, 1);
-    c->cut_at = -1;
+    if (craft__inproc_call_init(&c->base, call_destroy) != 0) {
+        free(c);
+        return NULL;
+    }
+    c->base.on_cut = call_on_cut;
     c->net = net;
     return c;
 }
 
-/* Decodes `bytes` into c->rpc. */
+/* Decodes `bytes` into c->base.rpc. */
 static int call_decode(call_t *c, const uint8_t *bytes, size_t len)
 {
     craft__wire_decoder_t d;
     craft__wire_decoder_init(&d, NULL);
     size_t consumed = 0;
-    int rv = craft__wire_decode_request(&d, bytes, len, &c->rpc, &consumed);
+    int rv = craft__wire_decode_request(&d, bytes, len, &c->base.rpc, &consumed);
     if (rv != 0 || consumed != len) {
         if (rv == 0) {
-            craft__wire_request_free(&c->rpc);
+            craft__wire_request_free(&c->base.rpc);
         }
         return rv == 0 || rv == CRAFT__WIRE_NEED_MORE ? CRAFT_EPROTOCOL : rv;
     }
     c->decoded = true;
-    c->rpc.respond = call_respond;
-    c->rpc.transport_data = c;
-    return 0;
-}
-
-static void handler_set(fz_trans_t *t, handler_slot_t *h, craft_rpc_handler_fn fn, void *arg)
-{
-    pthread_mutex_lock(&t->mu);
-    while (h->active_old > 0) {
-        pthread_cond_wait(&t->idle, &t->mu);
-    }
-    h->active_old = h->active_cur;
-    h->active_cur = 0;
-    h->gen++;
-    h->fn = fn;
-    h->arg = arg;
-    while (h->active_old > 0) {
-        pthread_cond_wait(&t->idle, &t->mu);
-    }
-    pthread_mutex_unlock(&t->mu);
-}
-
-/* Hands c to peer's handler; on success the consumer holds a reference. */
-static int dispatch(fz_trans_t *peer, call_t *c)
-{
-    pthread_mutex_lock(&peer->mu);
-    handler_slot_t *h = NULL;
-    if (!peer->closed) {
-        if (c->rpc.type == CRAFT_RPC_APPEND_ENTRIES && c->rpc.req.append_entries.n_entries == 0 &&
-            peer->hb_h.fn != NULL) {
-            h = &peer->hb_h;
-        } else if (peer->rpc_h.fn != NULL) {
-            h = &peer->rpc_h;
-        }
-    }
-    if (h == NULL) {
-        pthread_mutex_unlock(&peer->mu);
-        return CRAFT_EUNREACHABLE;
-    }
-    craft_rpc_handler_fn fn = h->fn;
-    void *arg = h->arg;
-    uint64_t gen = h->gen;
-    h->active_cur++;
-    pthread_mutex_unlock(&peer->mu);
-    atomic_fetch_add(&c->refs, 1);
-    fn(arg, &c->rpc);
-    pthread_mutex_lock(&peer->mu);
-    if (gen == h->gen) {
-        h->active_cur--;
-    } else {
-        h->active_old--;
-    }
-    pthread_cond_broadcast(&peer->idle);
-    pthread_mutex_unlock(&peer->mu);
+    c->base.rpc.respond = call_respond;
+    c->base.rpc.transport_data = c;
     return 0;
 }
 
@@ -601,9 +421,9 @@ static void run_hook(craft_fuzzy_net_t *n, int from, int to, const craft_rpc_t *
     }
 }
 
-/* Waits on c->cond until `at_us` (monotonic) or a cancel; false when
- * cancelled. */
-static bool call_sleep_until(call_t *c, int64_t at_us)
+/* Waits on the call's cond until `at_us` (monotonic) or a cancel; false
+ * when cancelled. */
+static bool call_sleep_until(craft__inproc_call_t *c, int64_t at_us)
 {
     struct timespec ts = abs_deadline_us(at_us);
     pthread_mutex_lock(&c->mu);
@@ -678,10 +498,10 @@ static void *dup_main(void *arg)
             if (c != NULL) {
                 c->orphan = true;
                 if (call_decode(c, d->bytes, d->len) == 0) {
-                    run_hook(n, d->from, d->to, &c->rpc);
-                    dispatch(peer, c);
+                    run_hook(n, d->from, d->to, &c->base.rpc);
+                    craft__inproc_dispatch(&peer->core, &c->base);
                 }
-                call_unref(c);
+                craft__inproc_call_unref(&c->base);
             }
             trans_unref(peer);
         }
@@ -743,8 +563,8 @@ static void resp_out(fz_trans_t *t, craft_rpc_type_t type, craft__wire_response_
         break;
     }
     if (h != NULL) {
-        h->id = intern(t, h->id);
-        h->addr = intern(t, h->addr);
+        h->id = craft__inproc_intern(&t->core, h->id);
+        h->addr = craft__inproc_intern(&t->core, h->addr);
     }
 }
 
@@ -768,7 +588,7 @@ struct pipeline {
     craft__pq_t q; /* requests and outcomes, under mu */
     int n_workers;
     pthread_t workers[MAX_PIPELINE_WORKERS];
-    craft__queue_t link; /* in t->pipelines, under t->mu */
+    craft__queue_t link; /* in t->core.pipelines, under t->core.mu */
 };
 
 static bool pipeline_closed(pipeline_t *p)
@@ -796,30 +616,21 @@ static int do_call(fz_trans_t *t, const char *target, craft_rpc_type_t type,
     }
     pthread_mutex_unlock(&n->mu);
 
-    call_t *c = call_new(n);
-    if (c == NULL) {
+    call_t *call = call_new(n);
+    if (call == NULL) {
         return CRAFT_ENOMEM;
     }
-    c->pl = p;
-    pthread_mutex_lock(&t->mu);
-    if (t->closed) {
-        pthread_mutex_unlock(&t->mu);
-        call_unref(c);
-        return CRAFT_ECLOSED;
+    craft__inproc_call_t *c = &call->base;
+    c->owner = p;
+    int rv = craft__inproc_call_register(&t->core, c);
+    if (rv != 0) {
+        craft__inproc_call_unref(c);
+        return rv;
     }
-    c->next = t->calls;
-    if (t->calls != NULL) {
-        t->calls->prev = c;
-    }
-    t->calls = c;
-    pthread_mutex_unlock(&t->mu);
     if (p != NULL && pipeline_closed(p)) {
-        pthread_mutex_lock(&c->mu);
-        c->cancelled = true;
-        pthread_mutex_unlock(&c->mu);
+        craft__inproc_call_cancel(c);
     }
 
-    int rv;
     fz_trans_t *peer = NULL;
     if (to < 0 || fate.down) {
         count(n, &n->st.unreachable);
@@ -850,7 +661,7 @@ static int do_call(fz_trans_t *t, const char *target, craft_rpc_type_t type,
         rv = CRAFT_EUNREACHABLE;
         goto out;
     }
-    rv = call_decode(c, bytes, len);
+    rv = call_decode(call, bytes, len);
     if (rv != 0) {
         count(n, &n->st.codec_errors);
         fprintf(stderr, "fuzzy net: request of type %d does not decode: %s\n", (int)type,
@@ -859,39 +670,24 @@ static int do_call(fz_trans_t *t, const char *target, craft_rpc_type_t type,
     }
     if (type == CRAFT_RPC_INSTALL_SNAPSHOT) {
         count(n, &n->st.snapshots);
-        c->source = data;
-        c->live = true;
-        c->remaining = c->rpc.req.install_snapshot.size;
-        c->cut_at = fate.cut_at;
-        c->reader.ctx = c;
-        c->reader.read = call_reader_read;
-        c->reader.close = call_reader_close;
-        c->rpc.reader = &c->reader;
+        craft__inproc_call_stream(c, data, c->rpc.req.install_snapshot.size, fate.cut_at);
     }
     if (fate.dup) {
         schedule_dup(n, t->ep, to, bytes, len, fate.d_dup);
     }
     run_hook(n, t->ep, to, &c->rpc);
-    rv = dispatch(peer, c);
+    rv = craft__inproc_dispatch(&peer->core, c);
     if (rv != 0) {
         count(n, &n->st.unreachable);
         goto out;
     }
     struct timespec ts = abs_deadline_us(deadline);
-    pthread_mutex_lock(&c->mu);
-    while (!c->responded && !c->cancelled) {
-        if (pthread_cond_timedwait(&c->cond, &c->mu, &ts) == ETIMEDOUT) {
-            break;
-        }
-    }
-    bool responded = c->responded, cancelled = c->cancelled;
-    pthread_mutex_unlock(&c->mu);
-    if (!responded) {
-        rv = cancelled ? CRAFT_ECLOSED : CRAFT_ETIMEDOUT;
+    rv = craft__inproc_call_wait(c, &ts);
+    if (rv != 0) {
         goto out;
     }
-    if (c->resp_rv != 0) {
-        rv = c->resp_rv;
+    if (c->err != 0) {
+        rv = c->err;
         count(n, &n->st.codec_errors);
         fprintf(stderr, "fuzzy net: response of type %d does not encode: %s\n", (int)type,
                 craft_strerror(rv));
@@ -912,8 +708,8 @@ static int do_call(fz_trans_t *t, const char *target, craft_rpc_type_t type,
     craft__wire_response_t w;
     memset(&w, 0, sizeof w);
     size_t consumed = 0;
-    rv = craft__wire_decode_response(&d, type, c->resp_bytes, c->resp_len, &w, &consumed);
-    if (rv != 0 || consumed != c->resp_len) {
+    rv = craft__wire_decode_response(&d, type, c->body, c->body_len, &w, &consumed);
+    if (rv != 0 || consumed != c->body_len) {
         if (rv == 0) {
             craft__wire_response_free(&w);
         }
@@ -932,25 +728,13 @@ static int do_call(fz_trans_t *t, const char *target, craft_rpc_type_t type,
 
 out:
     if (type == CRAFT_RPC_INSTALL_SNAPSHOT) {
-        pthread_mutex_lock(&c->reader_mu);
-        c->live = false;
-        c->source = NULL;
-        pthread_mutex_unlock(&c->reader_mu);
+        craft__inproc_call_stream_end(c);
     }
     if (peer != NULL) {
         trans_unref(peer);
     }
-    pthread_mutex_lock(&t->mu);
-    if (c->prev != NULL) {
-        c->prev->next = c->next;
-    } else {
-        t->calls = c->next;
-    }
-    if (c->next != NULL) {
-        c->next->prev = c->prev;
-    }
-    pthread_mutex_unlock(&t->mu);
-    call_unref(c);
+    craft__inproc_call_unregister(&t->core, c);
+    craft__inproc_call_unref(c);
     return rv;
 }
 
@@ -1057,20 +841,6 @@ static int pipeline_set_handler(void *ctx, craft_pipeline_response_fn fn, void *
     return craft__pq_set_response_handler(&p->q, fn, arg);
 }
 
-static void cancel_calls(fz_trans_t *t, pipeline_t *only)
-{
-    pthread_mutex_lock(&t->mu);
-    for (call_t *c = t->calls; c != NULL; c = c->next) {
-        if (only == NULL || c->pl == only) {
-            pthread_mutex_lock(&c->mu);
-            c->cancelled = true;
-            pthread_cond_signal(&c->cond);
-            pthread_mutex_unlock(&c->mu);
-        }
-    }
-    pthread_mutex_unlock(&t->mu);
-}
-
 static void pipeline_close(void *ctx)
 {
     pipeline_t *p = ctx;
@@ -1078,7 +848,11 @@ static void pipeline_close(void *ctx)
     bool first = craft__pq_stop_locked(&p->q);
     pthread_mutex_unlock(&p->mu);
     if (first) {
-        cancel_calls(p->t, p); /* t->mu: not under p->mu */
+        /* Not under p->mu: core.mu comes first. */
+        fz_trans_t *t = p->t;
+        pthread_mutex_lock(&t->core.mu);
+        craft__inproc_cancel_calls_locked(&t->core, p);
+        pthread_mutex_unlock(&t->core.mu);
     }
     craft__pq_hand_back(&p->q);
 }
@@ -1094,9 +868,9 @@ static void pipeline_free(void *ctx)
         pthread_join(p->workers[i], NULL);
     }
     fz_trans_t *t = p->t;
-    pthread_mutex_lock(&t->mu);
+    pthread_mutex_lock(&t->core.mu);
     craft__queue_remove(&p->link); /* a no-op when trans_pipeline gave up on it */
-    pthread_mutex_unlock(&t->mu);
+    pthread_mutex_unlock(&t->core.mu);
     craft__pq_destroy(&p->q); /* the workers are gone: none is SENDING */
     free(p->target);
     pthread_mutex_destroy(&p->mu);
@@ -1138,9 +912,9 @@ static int trans_pipeline(void *ctx, const char *id, const char *target, craft_p
     pthread_mutex_unlock(&t->net->mu);
     trans_ref(t);
     p->t = t;
-    pthread_mutex_lock(&t->mu);
-    if (t->closed) {
-        pthread_mutex_unlock(&t->mu);
+    pthread_mutex_lock(&t->core.mu);
+    if (t->core.closed) {
+        pthread_mutex_unlock(&t->core.mu);
         p->n_workers = 0;
         pipeline_free(p);
         return CRAFT_ECLOSED;
@@ -1155,13 +929,13 @@ static int trans_pipeline(void *ctx, const char *id, const char *target, craft_p
     for (int i = 0; i < p->n_workers; i++) {
         if (pthread_create(&p->workers[i], NULL, pipeline_worker, p) != 0) {
             p->n_workers = i;
-            pthread_mutex_unlock(&t->mu);
+            pthread_mutex_unlock(&t->core.mu);
             pipeline_free(p);
             return CRAFT_ENOMEM;
         }
     }
-    craft__queue_push(&t->pipelines, &p->link);
-    pthread_mutex_unlock(&t->mu);
+    craft__queue_push(&t->core.pipelines, &p->link);
+    pthread_mutex_unlock(&t->core.mu);
     *out = &p->iface;
     return 0;
 }
@@ -1173,13 +947,13 @@ static int trans_pipeline(void *ctx, const char *id, const char *target, craft_p
 static void trans_set_rpc_handler(void *ctx, craft_rpc_handler_fn fn, void *arg)
 {
     fz_trans_t *t = ctx;
-    handler_set(t, &t->rpc_h, fn, arg);
+    craft__inproc_set_handler(&t->core, &t->core.rpc_handler, fn, arg);
 }
 
 static void trans_set_hb_handler(void *ctx, craft_rpc_handler_fn fn, void *arg)
 {
     fz_trans_t *t = ctx;
-    handler_set(t, &t->hb_h, fn, arg);
+    craft__inproc_set_handler(&t->core, &t->core.hb_handler, fn, arg);
 }
 
 static const char *trans_local_addr(void *ctx)
@@ -1236,31 +1010,25 @@ static void trans_close(void *ctx)
         n->eps[t->ep].t = NULL;
     }
     pthread_mutex_unlock(&n->mu);
-    pthread_mutex_lock(&t->mu);
-    t->closed = true;
-    pthread_mutex_unlock(&t->mu);
-    cancel_calls(t, NULL);
-    /* Close pipelines (their calls are cancelled above); they are freed by
-     * their owner. Walk under t->mu but close outside it. */
-    for (;;) {
-        pipeline_t *open = NULL;
-        pthread_mutex_lock(&t->mu);
-        craft__queue_t *e;
-        CRAFT__QUEUE_FOREACH(e, &t->pipelines) {
-            pipeline_t *p = CRAFT__QUEUE_DATA(e, pipeline_t, link);
-            if (!pipeline_closed(p)) {
-                open = p;
-                break;
-            }
-        }
-        pthread_mutex_unlock(&t->mu);
-        if (open == NULL) {
-            break;
-        }
-        pipeline_close(open);
+    /* No new calls or handler invocations; outgoing calls (the pipelines'
+     * included) fail with CRAFT_ECLOSED. */
+    pthread_mutex_lock(&t->core.mu);
+    t->core.closed = true;
+    craft__inproc_cancel_calls_locked(&t->core, NULL);
+    /* Pipelines are only stopped, under core.mu, as the inmem and TCP
+     * transports do: the owner may free a pipeline as soon as core.mu is
+     * released, so nothing here may touch one afterwards. The owner's
+     * close (or free) hands back what is left. */
+    craft__queue_t *e;
+    CRAFT__QUEUE_FOREACH(e, &t->core.pipelines) {
+        pipeline_t *p = CRAFT__QUEUE_DATA(e, pipeline_t, link);
+        pthread_mutex_lock(&p->mu);
+        craft__pq_stop_locked(&p->q);
+        pthread_mutex_unlock(&p->mu);
     }
-    handler_set(t, &t->rpc_h, NULL, NULL);
-    handler_set(t, &t->hb_h, NULL, NULL);
+    pthread_mutex_unlock(&t->core.mu);
+    /* Wait for handler invocations in progress. */
+    craft__inproc_clear_handlers(&t->core);
     trans_unref(t);
 }
 
@@ -1278,11 +1046,12 @@ int craft_fuzzy_net_transport(craft_fuzzy_net_t *n, const char *addr, craft_tran
         free(t);
         return CRAFT_ENOMEM;
     }
-    pthread_mutex_init(&t->mu, NULL);
-    pthread_cond_init(&t->idle, NULL);
-    pthread_mutex_init(&t->intern_mu, NULL);
+    if (craft__inproc_init(&t->core) != 0) {
+        free(t->addr);
+        free(t);
+        return CRAFT_ENOMEM;
+    }
     atomic_init(&t->refs, 1);
-    craft__queue_init(&t->pipelines);
     t->net = n;
     t->iface.ctx = t;
     t->iface.set_rpc_handler = trans_set_rpc_handler;
@@ -1324,7 +1093,7 @@ int craft_fuzzy_net_new(uint64_t seed, int64_t rpc_timeout_ms, craft_fuzzy_net_t
         return CRAFT_ENOMEM;
     }
     pthread_mutex_init(&n->mu, NULL);
-    cond_init(&n->dup_cond);
+    craft__inproc_cond_init(&n->dup_cond);
     n->seed = seed;
     n->timeout_ms = rpc_timeout_ms;
     if (pthread_create(&n->dup_thread, NULL, dup_main, n) != 0) {

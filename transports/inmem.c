@@ -38,6 +38,10 @@
  * once the caller has returned (answered, timed out or closed) every read
  * fails with CRAFT_ECLOSED instead of touching the caller's reader.
  *
+ * The call object, the handler slots, interning and the InstallSnapshot
+ * reader are transports/inproc.h's, shared with the fuzzy harness's network;
+ * what is the inmem transport's own is the topology and the deep copy.
+ *
  * Handlers. Each handler slot counts invocations in progress by generation;
  * set_rpc_handler / set_heartbeat_handler wait until none of the previous
  * handler's invocations is in progress. They must therefore not be called
@@ -50,20 +54,20 @@
  * keeps at most PIPELINE_WINDOW requests unconsumed.
  *
  * Lock order: topology_mu is never held with another lock. Otherwise
- * transport mu -> pipeline mu -> call mu, and intern_mu / reader_mu alone.
+ * transport mu (core.mu) -> pipeline mu -> call mu, and intern_mu /
+ * reader_mu alone.
  */
 #include "craft/inmem.h"
 
 #include "lib/queue.h"
+#include "transports/inproc.h"
 #include "transports/pipeline_queue.h"
 
-#include <errno.h>
 #include <pthread.h>
 #include <stdalign.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #define DEFAULT_TIMEOUT_MS 500
 /* hashicorp's InmemTransport: InstallSnapshot and TimeoutNow get 10x. */
@@ -74,14 +78,6 @@ static pthread_mutex_t topology_mu = PTHREAD_MUTEX_INITIALIZER;
 
 typedef struct call call_t;
 typedef struct pipeline pipeline_t;
-
-typedef struct handler_slot {
-    craft_rpc_handler_fn fn;
-    void *arg;
-    uint64_t gen;        /* bumped by each set */
-    unsigned active_cur; /* invocations of generation `gen` in progress */
-    unsigned active_old; /* invocations of older generations in progress */
-} handler_slot_t;
 
 typedef struct inmem_transport {
     craft_transport_t iface; /* handed out; ctx points back here */
@@ -98,73 +94,20 @@ typedef struct inmem_transport {
     size_t n_sources;
     size_t cap_sources;
 
-    /* Under mu. */
-    pthread_mutex_t mu;
-    pthread_cond_t handlers_idle;
-    handler_slot_t rpc_handler;
-    handler_slot_t hb_handler;
-    bool closed;
-    call_t *calls;          /* outgoing calls in progress */
-    craft__queue_t pipelines; /* pipeline_t by link: not yet freed */
-
-    /* Under intern_mu. */
-    pthread_mutex_t intern_mu;
-    void **interned; /* char *, owned */
-    size_t n_interned;
-    size_t cap_interned;
+    /* Handlers, calls in progress, pipelines (pipeline_t by link, not yet
+     * freed) under core.mu; interned response strings. */
+    craft__inproc_t core;
 } inmem_transport_t;
 
 struct call {
-    craft_rpc_t rpc; /* first: respond() is handed &rpc */
-    atomic_int refs; /* the caller's, plus the consumer's until respond */
+    craft__inproc_call_t base; /* first: respond() is handed &base.rpc */
     inmem_transport_t *origin; /* referenced */
     void *arena;               /* the deep copy of the request */
-
-    pthread_mutex_t mu;
-    pthread_cond_t cond;
-    bool responded;
-    int err;
-    bool cancelled; /* origin transport or pipeline closed */
-
-    call_t *prev; /* in origin->calls, under origin->mu */
-    call_t *next;
-
-    /* InstallSnapshot: rpc.reader points to `reader`. */
-    craft_reader_t reader;
-    pthread_mutex_t reader_mu;
-    craft_reader_t *source; /* the caller's; NULL when req.size == 0 */
-    bool reader_live;       /* false once the caller returned */
-    int64_t remaining;
 };
 
 /* ------------------------------------------------------------------------ */
 /* Small helpers                                                             */
 /* ------------------------------------------------------------------------ */
-
-static int cond_init_monotonic(pthread_cond_t *c)
-{
-    pthread_condattr_t attr;
-    if (pthread_condattr_init(&attr) != 0) {
-        return CRAFT_ENOMEM;
-    }
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    int rv = pthread_cond_init(c, &attr);
-    pthread_condattr_destroy(&attr);
-    return rv == 0 ? 0 : CRAFT_ENOMEM;
-}
-
-static struct timespec deadline_after(int64_t ms)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += (time_t)(ms / 1000);
-    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
-    return ts;
-}
 
 /* Appends `x` to a pointer array; false on allocation failure. */
 static bool ptr_push(void ***arr, size_t *n, size_t *cap, void *x)
@@ -378,7 +321,7 @@ static int validate_req(craft_rpc_type_t type, const void *req,
 }
 
 /* ------------------------------------------------------------------------ */
-/* Transport references, interning                                          */
+/* Transport references                                                      */
 /* ------------------------------------------------------------------------ */
 
 static void transport_ref(inmem_transport_t *t)
@@ -391,46 +334,11 @@ static void transport_unref(inmem_transport_t *t)
     if (atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) != 1) {
         return;
     }
-    for (size_t i = 0; i < t->n_interned; i++) {
-        free(t->interned[i]);
-    }
-    free(t->interned);
+    craft__inproc_destroy(&t->core);
     free(t->peers);
     free(t->sources);
     free(t->addr);
-    pthread_mutex_destroy(&t->intern_mu);
-    pthread_cond_destroy(&t->handlers_idle);
-    pthread_mutex_destroy(&t->mu);
     free(t);
-}
-
-/* A copy of `s` owned by `t` and valid until `t` is freed; NULL when `s` is
- * NULL or on allocation failure (headers may carry NULL strings). */
-static const char *intern(inmem_transport_t *t, const char *s)
-{
-    if (s == NULL) {
-        return NULL;
-    }
-    const char *out = NULL;
-    pthread_mutex_lock(&t->intern_mu);
-    for (size_t i = 0; i < t->n_interned; i++) {
-        if (strcmp(t->interned[i], s) == 0) {
-            out = t->interned[i];
-            goto done;
-        }
-    }
-    char *copy = strdup(s);
-    if (copy == NULL) {
-        goto done;
-    }
-    if (!ptr_push(&t->interned, &t->n_interned, &t->cap_interned, copy)) {
-        free(copy);
-        goto done;
-    }
-    out = copy;
-done:
-    pthread_mutex_unlock(&t->intern_mu);
-    return out;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -476,15 +384,10 @@ static void copy_resp_out(const craft_rpc_t *rpc, void *resp)
     }
 }
 
-static void call_unref(call_t *c)
+static void call_destroy(craft__inproc_call_t *base)
 {
-    if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) != 1) {
-        return;
-    }
+    call_t *c = (call_t *)base;
     free(c->arena);
-    pthread_mutex_destroy(&c->reader_mu);
-    pthread_cond_destroy(&c->cond);
-    pthread_mutex_destroy(&c->mu);
     transport_unref(c->origin);
     free(c);
 }
@@ -497,58 +400,11 @@ static void call_respond(craft_rpc_t *rpc, int err)
         /* The consumer may free its strings once respond returns. */
         craft_rpc_header_t *h = resp_header(rpc);
         if (h != NULL) {
-            h->id = intern(c->origin, h->id);
-            h->addr = intern(c->origin, h->addr);
+            h->id = craft__inproc_intern(&c->origin->core, h->id);
+            h->addr = craft__inproc_intern(&c->origin->core, h->addr);
         }
     }
-    pthread_mutex_lock(&c->mu);
-    if (c->responded) {
-        /* A second respond breaks the contract; ignored while the caller
-         * still holds the call (afterwards the call may be gone). */
-        pthread_mutex_unlock(&c->mu);
-        return;
-    }
-    c->responded = true;
-    c->err = err;
-    pthread_cond_signal(&c->cond);
-    pthread_mutex_unlock(&c->mu);
-    call_unref(c);
-}
-
-/* reader->read for InstallSnapshot: the caller's stream, cut to
- * req.size bytes, and dead once the caller returned. */
-static int64_t call_reader_read(void *ctx, void *buf, size_t len)
-{
-    call_t *c = ctx;
-    if (buf == NULL || len == 0) {
-        return CRAFT_EINVAL;
-    }
-    int64_t n;
-    pthread_mutex_lock(&c->reader_mu);
-    if (!c->reader_live) {
-        n = CRAFT_ECLOSED;
-    } else if (c->remaining == 0) {
-        n = 0;
-    } else {
-        if ((uint64_t)len > (uint64_t)c->remaining) {
-            len = (size_t)c->remaining;
-        }
-        n = c->source->read(c->source->ctx, buf, len);
-        if (n == 0) {
-            n = CRAFT_EIO; /* the stream ended before req.size bytes */
-        } else if (n > (int64_t)len) {
-            n = CRAFT_EPROTOCOL; /* a broken reader */
-        } else if (n > 0) {
-            c->remaining -= n;
-        }
-    }
-    pthread_mutex_unlock(&c->reader_mu);
-    return n;
-}
-
-static void call_reader_close(void *ctx)
-{
-    (void)ctx; /* the caller owns and closes its reader */
+    craft__inproc_call_respond(&c->base, err, NULL, 0);
 }
 
 static call_t *call_new(inmem_transport_t *origin, craft_rpc_type_t type,
@@ -558,115 +414,29 @@ static call_t *call_new(inmem_transport_t *origin, craft_rpc_type_t type,
     if (c == NULL) {
         return NULL;
     }
-    if (pthread_mutex_init(&c->mu, NULL) != 0) {
+    if (craft__inproc_call_init(&c->base, call_destroy) != 0) {
         goto err_after_alloc;
     }
-    if (cond_init_monotonic(&c->cond) != 0) {
-        goto err_after_mu;
+    craft_rpc_t *rpc = &c->base.rpc;
+    rpc->type = type;
+    if (deep_copy(type, &rpc->req, req, &c->arena) != 0) {
+        goto err_after_init;
     }
-    if (pthread_mutex_init(&c->reader_mu, NULL) != 0) {
-        goto err_after_cond;
-    }
-    c->rpc.type = type;
-    if (deep_copy(type, &c->rpc.req, req, &c->arena) != 0) {
-        goto err_after_reader_mu;
-    }
-    c->rpc.respond = call_respond;
-    c->rpc.transport_data = c;
+    rpc->respond = call_respond;
+    rpc->transport_data = c;
     if (type == CRAFT_RPC_INSTALL_SNAPSHOT) {
-        c->source = data;
-        c->reader_live = true;
-        c->remaining = ((const craft_install_snapshot_req_t *)req)->size;
-        c->reader.ctx = c;
-        c->reader.read = call_reader_read;
-        c->reader.close = call_reader_close;
-        c->rpc.reader = &c->reader;
+        craft__inproc_call_stream(&c->base, data,
+                                  ((const craft_install_snapshot_req_t *)req)->size, -1);
     }
-    atomic_init(&c->refs, 1);
     transport_ref(origin);
     c->origin = origin;
     return c;
 
-err_after_reader_mu:
-    pthread_mutex_destroy(&c->reader_mu);
-err_after_cond:
-    pthread_cond_destroy(&c->cond);
-err_after_mu:
-    pthread_mutex_destroy(&c->mu);
+err_after_init:
+    craft__inproc_call_fini(&c->base);
 err_after_alloc:
     free(c);
     return NULL;
-}
-
-static void call_cancel(call_t *c)
-{
-    pthread_mutex_lock(&c->mu);
-    c->cancelled = true;
-    pthread_cond_signal(&c->cond);
-    pthread_mutex_unlock(&c->mu);
-}
-
-/* ------------------------------------------------------------------------ */
-/* Handlers                                                                  */
-/* ------------------------------------------------------------------------ */
-
-static void handler_set(inmem_transport_t *t, handler_slot_t *h,
-                        craft_rpc_handler_fn fn, void *arg)
-{
-    pthread_mutex_lock(&t->mu);
-    /* A previous set may still be draining its predecessor: let it finish
-     * so that active_old only ever counts one older generation. */
-    while (h->active_old > 0) {
-        pthread_cond_wait(&t->handlers_idle, &t->mu);
-    }
-    h->active_old = h->active_cur;
-    h->active_cur = 0;
-    h->gen++;
-    h->fn = fn;
-    h->arg = arg;
-    while (h->active_old > 0) {
-        pthread_cond_wait(&t->handlers_idle, &t->mu);
-    }
-    pthread_mutex_unlock(&t->mu);
-}
-
-/* Hands `c` to a handler of `peer`. Returns CRAFT_EUNREACHABLE when none is
- * installed. On success the consumer owns one reference of `c`. */
-static int dispatch(inmem_transport_t *peer, call_t *c)
-{
-    pthread_mutex_lock(&peer->mu);
-    handler_slot_t *h = NULL;
-    if (!peer->closed) {
-        if (c->rpc.type == CRAFT_RPC_APPEND_ENTRIES &&
-            c->rpc.req.append_entries.n_entries == 0 &&
-            peer->hb_handler.fn != NULL) {
-            h = &peer->hb_handler;
-        } else if (peer->rpc_handler.fn != NULL) {
-            h = &peer->rpc_handler;
-        }
-    }
-    if (h == NULL) {
-        pthread_mutex_unlock(&peer->mu);
-        return CRAFT_EUNREACHABLE;
-    }
-    craft_rpc_handler_fn fn = h->fn;
-    void *arg = h->arg;
-    uint64_t gen = h->gen;
-    h->active_cur++;
-    pthread_mutex_unlock(&peer->mu);
-
-    atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
-    fn(arg, &c->rpc);
-
-    pthread_mutex_lock(&peer->mu);
-    if (gen == h->gen) {
-        h->active_cur--;
-    } else {
-        h->active_old--;
-    }
-    pthread_cond_broadcast(&peer->handlers_idle);
-    pthread_mutex_unlock(&peer->mu);
-    return 0;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -680,10 +450,11 @@ struct pipeline {
     pthread_t worker;
 
     pthread_mutex_t mu;
-    craft__pq_t q;    /* requests and outcomes, under mu */
-    call_t *inflight; /* the worker's call, so close can cancel it; under mu */
+    craft__pq_t q; /* requests and outcomes, under mu */
+    /* The worker's call, so close can cancel it; under mu. */
+    craft__inproc_call_t *inflight;
 
-    craft__queue_t link; /* in t->pipelines, under t->mu */
+    craft__queue_t link; /* in t->core.pipelines, under t->core.mu */
 };
 
 static inmem_transport_t *peer_lookup(inmem_transport_t *t, const char *target)
@@ -718,39 +489,31 @@ static int transport_rpc(inmem_transport_t *t, const char *target,
     if (rv != 0) {
         return rv;
     }
-    struct timespec deadline = deadline_after(timeout_ms);
-    call_t *c = call_new(t, type, req, data);
-    if (c == NULL) {
+    struct timespec deadline = craft__inproc_deadline_after(timeout_ms);
+    call_t *call = call_new(t, type, req, data);
+    if (call == NULL) {
         return CRAFT_ENOMEM;
     }
+    craft__inproc_call_t *c = &call->base;
+    c->owner = p;
 
     /* Register, so that closing the transport or pipeline cancels us. */
-    pthread_mutex_lock(&t->mu);
-    if (t->closed) {
-        pthread_mutex_unlock(&t->mu);
-        call_unref(c);
-        return CRAFT_ECLOSED;
+    rv = craft__inproc_call_register(&t->core, c);
+    if (rv != 0) {
+        craft__inproc_call_unref(c);
+        return rv;
     }
-    c->next = t->calls;
-    if (t->calls != NULL) {
-        t->calls->prev = c;
-    }
-    t->calls = c;
-    pthread_mutex_unlock(&t->mu);
     if (p != NULL) {
         pthread_mutex_lock(&p->mu);
         if (p->q.closed) {
-            call_cancel(c);
+            craft__inproc_call_cancel(c);
         } else {
             p->inflight = c;
         }
         pthread_mutex_unlock(&p->mu);
     }
 
-    pthread_mutex_lock(&c->mu);
-    bool cancelled = c->cancelled;
-    pthread_mutex_unlock(&c->mu);
-    if (cancelled) {
+    if (craft__inproc_call_cancelled(c)) {
         rv = CRAFT_ECLOSED;
         goto out;
     }
@@ -759,56 +522,33 @@ static int transport_rpc(inmem_transport_t *t, const char *target,
         rv = CRAFT_EUNREACHABLE;
         goto out;
     }
-    rv = dispatch(peer, c);
+    rv = craft__inproc_dispatch(&peer->core, c);
     transport_unref(peer);
     if (rv != 0) {
         goto out;
     }
 
-    pthread_mutex_lock(&c->mu);
-    while (!c->responded && !c->cancelled) {
-        if (pthread_cond_timedwait(&c->cond, &c->mu, &deadline) == ETIMEDOUT) {
-            break;
-        }
-    }
-    if (c->responded) {
+    rv = craft__inproc_call_wait(c, &deadline);
+    if (rv == 0) {
         rv = c->err;
         if (rv == 0) {
             copy_resp_out(&c->rpc, resp);
         }
-    } else if (c->cancelled) {
-        rv = CRAFT_ECLOSED;
-    } else {
-        rv = CRAFT_ETIMEDOUT;
     }
-    pthread_mutex_unlock(&c->mu);
 
 out:
     if (type == CRAFT_RPC_INSTALL_SNAPSHOT) {
         /* From now on the consumer's reads fail instead of touching `data`,
-         * which the caller may free as soon as we return. Waits for a read
-         * in progress. */
-        pthread_mutex_lock(&c->reader_mu);
-        c->reader_live = false;
-        c->source = NULL;
-        pthread_mutex_unlock(&c->reader_mu);
+         * which the caller may free as soon as we return. */
+        craft__inproc_call_stream_end(c);
     }
     if (p != NULL) {
         pthread_mutex_lock(&p->mu);
         p->inflight = NULL;
         pthread_mutex_unlock(&p->mu);
     }
-    pthread_mutex_lock(&t->mu);
-    if (c->prev != NULL) {
-        c->prev->next = c->next;
-    } else {
-        t->calls = c->next;
-    }
-    if (c->next != NULL) {
-        c->next->prev = c->prev;
-    }
-    pthread_mutex_unlock(&t->mu);
-    call_unref(c);
+    craft__inproc_call_unregister(&t->core, c);
+    craft__inproc_call_unref(c);
     return rv;
 }
 
@@ -888,11 +628,11 @@ static int pipeline_next_response(void *ctx, craft_append_entries_resp_t *resp,
 
 /* Marks `p` closed and cancels its call in flight; p->mu held. Never waits
  * and never calls the response callback, so the transport's close may use it
- * under t->mu (the worker takes t->mu to finish its call). */
+ * under t->core.mu (the worker takes it to finish its call). */
 static void pipeline_stop_locked(pipeline_t *p)
 {
     if (craft__pq_stop_locked(&p->q) && p->inflight != NULL) {
-        call_cancel(p->inflight);
+        craft__inproc_call_cancel(p->inflight);
     }
 }
 
@@ -921,9 +661,9 @@ static void pipeline_free(void *ctx)
     pthread_join(p->worker, NULL);
 
     inmem_transport_t *t = p->t;
-    pthread_mutex_lock(&t->mu);
+    pthread_mutex_lock(&t->core.mu);
     craft__queue_remove(&p->link);
-    pthread_mutex_unlock(&t->mu);
+    pthread_mutex_unlock(&t->core.mu);
 
     craft__pq_destroy(&p->q); /* the worker is gone: none is SENDING */
     free(p->target);
@@ -973,9 +713,9 @@ static int transport_append_entries_pipeline(void *ctx, const char *id,
     transport_ref(t);
     p->t = t;
 
-    pthread_mutex_lock(&t->mu);
-    if (t->closed) {
-        pthread_mutex_unlock(&t->mu);
+    pthread_mutex_lock(&t->core.mu);
+    if (t->core.closed) {
+        pthread_mutex_unlock(&t->core.mu);
         transport_unref(t);
         craft__pq_destroy(&p->q);
         pthread_mutex_destroy(&p->mu);
@@ -984,12 +724,12 @@ static int transport_append_entries_pipeline(void *ctx, const char *id,
         return CRAFT_ECLOSED;
     }
     if (pthread_create(&p->worker, NULL, pipeline_worker, p) != 0) {
-        pthread_mutex_unlock(&t->mu);
+        pthread_mutex_unlock(&t->core.mu);
         transport_unref(t);
         goto err_after_queue;
     }
-    craft__queue_push(&t->pipelines, &p->link);
-    pthread_mutex_unlock(&t->mu);
+    craft__queue_push(&t->core.pipelines, &p->link);
+    pthread_mutex_unlock(&t->core.mu);
     *out = &p->iface;
     return 0;
 
@@ -1012,14 +752,14 @@ static void transport_set_rpc_handler(void *ctx, craft_rpc_handler_fn fn,
                                       void *arg)
 {
     inmem_transport_t *t = ctx;
-    handler_set(t, &t->rpc_handler, fn, arg);
+    craft__inproc_set_handler(&t->core, &t->core.rpc_handler, fn, arg);
 }
 
 static void transport_set_heartbeat_handler(void *ctx, craft_rpc_handler_fn fn,
                                             void *arg)
 {
     inmem_transport_t *t = ctx;
-    handler_set(t, &t->hb_handler, fn, arg);
+    craft__inproc_set_handler(&t->core, &t->core.hb_handler, fn, arg);
 }
 
 static const char *transport_local_addr(void *ctx)
@@ -1110,26 +850,23 @@ static void transport_close(void *ctx)
 
     /* No new calls or handler invocations; outgoing calls and pipelines
      * fail with CRAFT_ECLOSED. */
-    pthread_mutex_lock(&t->mu);
-    t->closed = true;
-    for (call_t *c = t->calls; c != NULL; c = c->next) {
-        call_cancel(c);
-    }
-    /* Only stopped: a full close would wait under t->mu for the worker's
-     * call, which needs t->mu to finish, and would run the response
+    pthread_mutex_lock(&t->core.mu);
+    t->core.closed = true;
+    craft__inproc_cancel_calls_locked(&t->core, NULL);
+    /* Only stopped: a full close would wait under core.mu for the worker's
+     * call, which needs core.mu to finish, and would run the response
      * callback under it. The owner's close hands back what is left. */
     craft__queue_t *e;
-    CRAFT__QUEUE_FOREACH(e, &t->pipelines) {
+    CRAFT__QUEUE_FOREACH(e, &t->core.pipelines) {
         pipeline_t *p = CRAFT__QUEUE_DATA(e, pipeline_t, link);
         pthread_mutex_lock(&p->mu);
         pipeline_stop_locked(p);
         pthread_mutex_unlock(&p->mu);
     }
-    pthread_mutex_unlock(&t->mu);
+    pthread_mutex_unlock(&t->core.mu);
 
     /* Wait for handler invocations in progress. */
-    handler_set(t, &t->rpc_handler, NULL, NULL);
-    handler_set(t, &t->hb_handler, NULL, NULL);
+    craft__inproc_clear_handlers(&t->core);
 
     /* Calls still returning, unanswered rpcs and unfreed pipelines hold
      * their own references. */
@@ -1151,18 +888,11 @@ int craft_inmem_transport_new_with_timeout(const char *addr, int64_t timeout_ms,
     if (t->addr == NULL) {
         goto err_after_alloc;
     }
-    if (pthread_mutex_init(&t->mu, NULL) != 0) {
+    if (craft__inproc_init(&t->core) != 0) {
         goto err_after_addr;
-    }
-    if (pthread_cond_init(&t->handlers_idle, NULL) != 0) {
-        goto err_after_mu;
-    }
-    if (pthread_mutex_init(&t->intern_mu, NULL) != 0) {
-        goto err_after_cond;
     }
     t->timeout_ms = timeout_ms;
     atomic_init(&t->refs, 1);
-    craft__queue_init(&t->pipelines);
     t->iface.ctx = t;
     t->iface.set_rpc_handler = transport_set_rpc_handler;
     t->iface.set_heartbeat_handler = transport_set_heartbeat_handler;
@@ -1177,10 +907,6 @@ int craft_inmem_transport_new_with_timeout(const char *addr, int64_t timeout_ms,
     *out = &t->iface;
     return 0;
 
-err_after_cond:
-    pthread_cond_destroy(&t->handlers_idle);
-err_after_mu:
-    pthread_mutex_destroy(&t->mu);
 err_after_addr:
     free(t->addr);
 err_after_alloc:
