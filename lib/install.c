@@ -136,6 +136,17 @@ static bool install(craft_t *r, const craft_install_snapshot_req_t *req, const c
                     (unsigned long long)idx, (unsigned long long)atomic_load(&r->commit_index));
         return true;
     }
+    /* Fig. 13 rule 7: keep the log after the snapshot only if it holds the
+     * snapshot's last entry with the same term; otherwise discard it all.
+     * Decided before the restore: once the FSM holds the snapshot, the
+     * snapshot thread may snapshot it at idx with the snapshot's term, and
+     * craft__term_at(idx) would then answer from that instead of from our
+     * log (a stale, lower-term tail was kept that way, seen once under
+     * TSan). Before the restore our own snapshots are all below idx
+     * (applied <= commit < idx), so the answer is our log's. */
+    uint64_t our_term = 0;
+    uint64_t last = atomic_load(&r->last_log_index);
+    bool keep = idx < last && craft__term_at(r, idx, &our_term) == 0 && our_term == term;
     int rv = craft__fsm_restore(r, id, idx, term);
     if (rv != 0) {
         /* Our FSM no longer matches any log: stop rather than lie. */
@@ -143,11 +154,6 @@ static bool install(craft_t *r, const craft_install_snapshot_req_t *req, const c
         atomic_store(&r->shutting_down, true);
         return false;
     }
-    /* Fig. 13 rule 7: keep the log after the snapshot only if it holds the
-     * snapshot's last entry with the same term; otherwise discard it all. */
-    uint64_t our_term = 0;
-    uint64_t last = atomic_load(&r->last_log_index);
-    bool keep = idx < last && craft__term_at(r, idx, &our_term) == 0 && our_term == term;
     uint64_t first = 0;
     r->logs->first_index(r->logs->ctx, &first);
     if (first > 0) {
