@@ -12,13 +12,20 @@
 
 /* ---- leadership transfer ---- */
 
-static int transfer(tc_cluster_t *c, const char *target_id, int *old_leader)
+static bool not_leader(void *arg)
+{
+    return craft_state((craft_t *)arg) != CRAFT_LEADER;
+}
+
+static int transfer_term(tc_cluster_t *c, const char *target_id, int *old_leader,
+                         uint64_t *old_term)
 {
     int rv = CRAFT_ENOTLEADER;
     for (int attempt = 0; attempt < 10; attempt++) {
         int l = tc_leader(c, TC_WAIT_MS);
         ck_assert_int_ge(l, 0);
         *old_leader = l;
+        *old_term = craft_current_term(c->nodes[l].r);
         craft_future_t *f = target_id ? craft_leadership_transfer_to(c->nodes[l].r, target_id, NULL)
                                       : craft_leadership_transfer(c->nodes[l].r);
         rv = craft_future_wait(f);
@@ -31,24 +38,40 @@ static int transfer(tc_cluster_t *c, const char *target_id, int *old_leader)
     return rv;
 }
 
+static int transfer(tc_cluster_t *c, const char *target_id, int *old_leader)
+{
+    uint64_t term;
+    return transfer_term(c, target_id, old_leader, &term);
+}
+
+/* After a successful transfer away from `old` (leading in `term` or later):
+ * another node leads, or (an election under load intervened after the
+ * target took over) `old` leads again but in a term past the target's. A
+ * transfer that let `old` win the very next election fails this. */
+static void check_moved(tc_cluster_t *c, int old, uint64_t term)
+{
+    int l = tc_leader(c, TC_WAIT_MS);
+    ck_assert_int_ge(l, 0);
+    if (l == old) {
+        ck_assert_uint_ge(craft_current_term(c->nodes[l].r), term + 2);
+    }
+}
+
 START_TEST(test_transfer_best_and_named)
 {
     tc_cluster_t *c = tc_new(3, 3);
     ck_assert_uint_eq(tc_apply_n(c, "a", 50), 50);
     int old;
-    ck_assert_int_eq(transfer(c, NULL, &old), 0);
-    int l = tc_leader(c, TC_WAIT_MS);
-    ck_assert_int_ge(l, 0);
-    ck_assert_int_ne(l, old);
+    uint64_t term;
+    ck_assert_int_eq(transfer_term(c, NULL, &old, &term), 0);
+    check_moved(c, old, term);
     ck_assert_uint_eq(tc_apply_n(c, "b", 50), 50);
     /* Named target: whichever follower is not the leader. */
-    l = tc_leader(c, TC_WAIT_MS);
+    int l = tc_leader(c, TC_WAIT_MS);
     size_t target = (size_t)(l + 1) % 3;
-    ck_assert_int_eq(transfer(c, c->nodes[target].id, &old), 0);
+    ck_assert_int_eq(transfer_term(c, c->nodes[target].id, &old, &term), 0);
     /* The target campaigned; unless a fresh election intervened it leads. */
-    l = tc_leader(c, TC_WAIT_MS);
-    ck_assert_int_ge(l, 0);
-    ck_assert_int_ne(l, old);
+    check_moved(c, old, term);
     ck_assert_uint_eq(tc_apply_n(c, "c", 50), 50);
     ck_assert(tc_wait_converged(c, 150, TC_WAIT_MS));
     tc_free(c);
@@ -68,6 +91,9 @@ START_TEST(test_transfer_errors)
     ck_assert(rv == CRAFT_EINVAL || rv == CRAFT_ENOTLEADER);
     craft_future_free(f);
     size_t fl = (size_t)(l + 1) % 3;
+    /* Cut off once not leading: an election cannot make it leader now. */
+    tc_isolate(c, fl);
+    ck_assert(tu_wait_for(not_leader, c->nodes[fl].r, TC_WAIT_MS));
     f = craft_leadership_transfer(c->nodes[fl].r);
     ck_assert_int_eq(craft_future_wait(f), CRAFT_ENOTLEADER);
     craft_future_free(f);
@@ -143,9 +169,14 @@ START_TEST(test_read_index_healthy)
     ck_assert_uint_ge(ri, windex);
     void *a[2] = {c->nodes[l].r, (void *)(uintptr_t)ri};
     ck_assert(tu_wait_for(applied_to, a, TC_WAIT_MS));
-    ck_assert(tc_fsm_has(c, (size_t)l, "written"));
-    /* On a follower. */
+    /* At the index its write was acknowledged at (not "exactly once":
+     * tc_apply_one may apply it twice when retrying after ELEADERSHIPLOST). */
+    ck_assert(tc_fsm_at(c, (size_t)l, windex, "written"));
+    /* On a follower (cut off once it is not leading, so that an election
+     * under load cannot make it the leader meanwhile). */
     size_t f = (size_t)(l + 1) % 3;
+    tc_isolate(c, f);
+    ck_assert(tu_wait_for(not_leader, c->nodes[f].r, TC_WAIT_MS));
     craft_future_t *ff = craft_read_index(c->nodes[f].r);
     ck_assert_int_eq(craft_future_wait(ff), CRAFT_ENOTLEADER);
     craft_future_free(ff);
