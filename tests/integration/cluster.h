@@ -108,8 +108,10 @@ void tc_isolate(tc_cluster_t *c, size_t i);
 void tc_partition(tc_cluster_t *c, unsigned group);
 void tc_heal(tc_cluster_t *c);
 
-/* Applies "prefix-k" commands on the leader, retrying on leader changes.
- * Returns the count applied successfully (== n on success). */
+/* Applies "prefix-k" commands on the leader, retrying on leader changes
+ * (each command is applied once: after a failure, the fixture settles which
+ * ones committed before applying the rest again). Returns the count applied
+ * successfully (== n on success). `prefix` must be new to the cluster. */
 size_t tc_apply_n(tc_cluster_t *c, const char *prefix, size_t n);
 /* Applies one command, retrying on leadership changes (the command is only
  * retried when it certainly was not committed: ENOTLEADER; on
@@ -121,6 +123,10 @@ craft_future_t *tc_apply_one(tc_cluster_t *c, const char *data, int *leader);
 bool tc_wait_converged(tc_cluster_t *c, size_t count, int64_t timeout_ms);
 /* true when node i's FSM holds `data` exactly once. */
 bool tc_fsm_has(tc_cluster_t *c, size_t i, const char *data);
+/* How many times node i's FSM applied `data`. */
+size_t tc_fsm_hits(tc_cluster_t *c, size_t i, const char *data);
+/* true when node i's FSM applied `data` at log index `index`. */
+bool tc_fsm_at(tc_cluster_t *c, size_t i, uint64_t index, const char *data);
 size_t tc_fsm_count(tc_cluster_t *c, size_t i);
 /* Compares FSM sequences of nodes i and j on their common prefix. */
 bool tc_fsm_prefix_equal(tc_cluster_t *c, size_t i, size_t j);

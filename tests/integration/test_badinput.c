@@ -81,12 +81,31 @@ START_TEST(test_bootstrap_existing_state)
 }
 END_TEST
 
-static bool knows_leader(void *arg)
+typedef struct {
+    tc_cluster_t *c;
+    size_t f;
+} follower_arg_t;
+
+/* Node f reports the current leader's id and address. */
+static bool knows_current_leader(void *arg)
 {
-    char *addr = NULL;
-    int rv = craft_leader((craft_t *)arg, NULL, &addr);
+    follower_arg_t *a = arg;
+    int l = tc_leader(a->c, 0);
+    if (l < 0) {
+        return false;
+    }
+    char *id = NULL, *addr = NULL;
+    int rv = craft_leader(a->c->nodes[a->f].r, &id, &addr);
+    bool ok = rv == 0 && id != NULL && addr != NULL && strcmp(id, a->c->nodes[l].id) == 0 &&
+              strcmp(addr, a->c->nodes[l].addr) == 0;
+    free(id);
     free(addr);
-    return rv == 0;
+    return ok;
+}
+
+static bool not_leader(void *arg)
+{
+    return craft_state((craft_t *)arg) != CRAFT_LEADER;
 }
 
 START_TEST(test_apply_on_follower)
@@ -97,6 +116,10 @@ START_TEST(test_apply_on_follower)
     ck_assert_uint_eq(tc_apply_n(c, "a", 1), 1);
     l = tc_leader(c, TC_WAIT_MS);
     size_t f = (size_t)(l + 1) % 3;
+    /* Under load an election may make f the leader at any moment: cut it
+     * off so that, once it is not leading, it cannot become leader. */
+    tc_isolate(c, f);
+    ck_assert(tu_wait_for(not_leader, c->nodes[f].r, TC_WAIT_MS));
     craft_future_t *fut = craft_apply(c->nodes[f].r, "x", 1, 100);
     ck_assert_int_eq(craft_future_wait(fut), CRAFT_ENOTLEADER);
     craft_future_free(fut);
@@ -107,15 +130,11 @@ START_TEST(test_apply_on_follower)
     ck_assert_int_eq(craft_future_wait(fut), CRAFT_ENOTLEADER);
     craft_future_free(fut);
     /* The leader's address is available to redirect the client (once the
-     * follower has heard from it). */
-    char *id = NULL, *addr = NULL;
-    ck_assert(tu_wait_for(knows_leader, c->nodes[f].r, TC_WAIT_MS));
-    l = tc_leader(c, TC_WAIT_MS);
-    ck_assert_int_eq(craft_leader(c->nodes[f].r, &id, &addr), 0);
-    ck_assert_str_eq(addr, c->nodes[l].addr);
-    ck_assert_str_eq(id, c->nodes[l].id);
-    free(id);
-    free(addr);
+     * follower has heard from it; leadership may move meanwhile, so wait
+     * until it names whichever node leads now). */
+    tc_heal(c);
+    follower_arg_t a = {c, f};
+    ck_assert(tu_wait_for(knows_current_leader, &a, TC_WAIT_MS));
     tc_free(c);
 }
 END_TEST

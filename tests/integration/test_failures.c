@@ -165,16 +165,38 @@ START_TEST(test_verify_leader_isolated_fails)
 }
 END_TEST
 
-START_TEST(test_rejoin_does_not_disrupt_leader)
+static uint64_t elections_of(tc_cluster_t *c, size_t i)
+{
+    craft_stats_t st;
+    craft_stats(c->nodes[i].r, &st);
+    return st.elections;
+}
+
+/* Elections started by nodes other than f. */
+static uint64_t elections_but(tc_cluster_t *c, size_t f)
+{
+    uint64_t n = 0;
+    for (size_t i = 0; i < c->n; i++) {
+        n += i == f ? 0 : elections_of(c, i);
+    }
+    return n;
+}
+
+/* One run; false when an election not started by the rejoining node (the
+ * other two, whose heartbeats can be delayed under load) got in the way and
+ * the run proves nothing. */
+static bool rejoin_run(void)
 {
     tc_cluster_t *c = tc_new(3, 3);
     ck_assert_uint_eq(tc_apply_n(c, "x", 10), 10);
     int l = tc_leader(c, TC_WAIT_MS);
     ck_assert_int_ge(l, 0);
-    uint64_t term = craft_current_term(c->nodes[l].r);
     size_t f = (size_t)(l + 1) % 3;
     tc_isolate(c, f);
     tc_link(c, (size_t)l, (size_t)(l + 2) % 3);
+    uint64_t term = craft_current_term(c->nodes[l].r);
+    uint64_t others = elections_but(c, f), own = elections_of(c, f);
+    uint64_t fterm = craft_current_term(c->nodes[f].r);
     /* Long enough for the isolated node to try many (pre-)elections. */
     craft_stats_t st;
     for (int i = 0; i < 2000; i++) {
@@ -185,14 +207,33 @@ START_TEST(test_rejoin_does_not_disrupt_leader)
         tu_sleep_ms(10);
     }
     ck_assert_uint_ge(st.prevotes, 3);
-    /* Pre-vote: it never bumped its term. */
-    ck_assert_uint_eq(craft_current_term(c->nodes[f].r), term);
+    /* Pre-vote: cut off, it never started a real election nor bumped its
+     * term (nobody can reach it to tell it of a newer one). */
+    ck_assert_uint_eq(elections_of(c, f), own);
+    ck_assert_uint_eq(craft_current_term(c->nodes[f].r), fterm);
     tc_heal(c);
     ck_assert_uint_eq(tc_apply_n(c, "y", 10), 10);
     ck_assert(tc_wait_converged(c, 20, TC_WAIT_MS));
-    ck_assert_int_eq(tc_leader(c, TC_WAIT_MS), l);
-    ck_assert_uint_eq(craft_current_term(c->nodes[l].r), term);
+    int l2 = tc_leader(c, TC_WAIT_MS);
+    bool undisturbed = l2 == l && craft_current_term(c->nodes[l].r) == term;
+    bool others_campaigned = elections_but(c, f) != others;
     tc_free(c);
+    if (undisturbed) {
+        return true;
+    }
+    /* The leader or term changed: only excusable if one of the two others
+     * campaigned (load); the rejoining node alone must never cause it. */
+    ck_assert_msg(others_campaigned, "the rejoining node disrupted the leader");
+    return false;
+}
+
+START_TEST(test_rejoin_does_not_disrupt_leader)
+{
+    bool proved = false;
+    for (int attempt = 0; attempt < 5 && !proved; attempt++) {
+        proved = rejoin_run();
+    }
+    ck_assert(proved);
 }
 END_TEST
 

@@ -1294,6 +1294,9 @@ START_TEST(test_pipeline_window_blocks)
     ck_assert_int_eq(pthread_create(&th, NULL, sender_main, &s), 0);
     sent_count_t full = {&s, WINDOW};
     ck_assert(tu_wait_for(sent_reached, &full, WAIT_MS));
+    /* The pipeline's worker thread delivers the first request whenever it
+     * gets to run (it may be preempted past the negative wait below). */
+    wait_received(&srv.inbox, 1);
     /* The window is full: request WINDOW+1 must wait for a response to be
      * consumed. */
     sent_count_t over = {&s, WINDOW + 1};
