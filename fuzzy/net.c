@@ -44,6 +44,7 @@
 #include "lib/queue.h"
 #include "transports/inproc.h"
 #include "transports/pipeline_queue.h"
+#include "transports/sync.h"
 #include "transports/wire.h"
 #include "util.h"
 
@@ -127,7 +128,7 @@ struct call {
 
 static struct timespec abs_deadline_us(int64_t at_us)
 {
-    /* Condvars use CLOCK_MONOTONIC (craft__inproc_cond_init). */
+    /* Condvars use CLOCK_MONOTONIC (craft__cond_init_monotonic). */
     struct timespec ts = {(time_t)(at_us / 1000000), (long)(at_us % 1000000) * 1000L};
     return ts;
 }
@@ -1093,7 +1094,7 @@ int craft_fuzzy_net_new(uint64_t seed, int64_t rpc_timeout_ms, craft_fuzzy_net_t
         return CRAFT_ENOMEM;
     }
     pthread_mutex_init(&n->mu, NULL);
-    craft__inproc_cond_init(&n->dup_cond);
+    craft__cond_init_monotonic(&n->dup_cond);
     n->seed = seed;
     n->timeout_ms = rpc_timeout_ms;
     if (pthread_create(&n->dup_thread, NULL, dup_main, n) != 0) {

@@ -8,17 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-int craft__inproc_cond_init(pthread_cond_t *c)
-{
-    pthread_condattr_t attr;
-    if (pthread_condattr_init(&attr) != 0) {
-        return CRAFT_ENOMEM;
-    }
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    int rv = pthread_cond_init(c, &attr);
-    pthread_condattr_destroy(&attr);
-    return rv == 0 ? 0 : CRAFT_ENOMEM;
-}
+#include "transports/sync.h"
 
 struct timespec craft__inproc_deadline_after(int64_t ms)
 {
@@ -180,7 +170,7 @@ int craft__inproc_call_init(craft__inproc_call_t *c,
     if (pthread_mutex_init(&c->mu, NULL) != 0) {
         goto err;
     }
-    if (craft__inproc_cond_init(&c->cond) != 0) {
+    if (craft__cond_init_monotonic(&c->cond) != 0) {
         goto err_after_mu;
     }
     if (pthread_mutex_init(&c->reader_mu, NULL) != 0) {

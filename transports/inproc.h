@@ -99,8 +99,6 @@ struct craft__inproc_call {
     void (*on_cut)(craft__inproc_call_t *c); /* when the cut is hit, no lock held */
 };
 
-/* A condition variable on CLOCK_MONOTONIC. 0 or CRAFT_ENOMEM. */
-int craft__inproc_cond_init(pthread_cond_t *c);
 /* CLOCK_MONOTONIC now + `ms`. */
 struct timespec craft__inproc_deadline_after(int64_t ms);
 

@@ -6,19 +6,14 @@
 
 #include <time.h>
 
+#include "transports/sync.h"
+
 int craft__pq_init(craft__pq_t *q, pthread_mutex_t *mu, size_t window,
                    void (*item_free)(craft__pq_item_t *it))
 {
     *q = (craft__pq_t){.mu = mu, .window = window, .item_free = item_free};
     /* Monotonic: the TCP transport waits on it with a deadline. */
-    pthread_condattr_t attr;
-    if (pthread_condattr_init(&attr) != 0) {
-        return CRAFT_ENOMEM;
-    }
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    int rv = pthread_cond_init(&q->cond, &attr);
-    pthread_condattr_destroy(&attr);
-    return rv == 0 ? 0 : CRAFT_ENOMEM;
+    return craft__cond_init_monotonic(&q->cond);
 }
 
 /* Removes the oldest item; mu held. */

@@ -32,18 +32,6 @@ struct timeval craft__tcp_tv_of_ms(int64_t ms)
     return tv;
 }
 
-int craft__tcp_cond_init_monotonic(pthread_cond_t *c)
-{
-    pthread_condattr_t attr;
-    if (pthread_condattr_init(&attr) != 0) {
-        return CRAFT_ENOMEM;
-    }
-    pthread_condattr_setclock(&attr, CLOCK_MONOTONIC);
-    int rv = pthread_cond_init(c, &attr);
-    pthread_condattr_destroy(&attr);
-    return rv == 0 ? 0 : CRAFT_ENOMEM;
-}
-
 /* Waits on `c` until `deadline_ns`; false once it has passed. */
 bool craft__tcp_cond_wait_until(pthread_cond_t *c, pthread_mutex_t *mu,
                                 int64_t deadline_ns)

@@ -52,7 +52,7 @@ static bool in_dispatch(conn_t *c, craft_rpc_t *decoded)
 {
     tcp_t *t = c->t;
     in_rpc_t *rpc = calloc(1, sizeof *rpc);
-    if (rpc == NULL || craft__tcp_cond_init_monotonic(&rpc->cond) != 0) {
+    if (rpc == NULL || craft__cond_init_monotonic(&rpc->cond) != 0) {
         free(rpc);
         craft__wire_request_free(decoded);
         craft__tcp_conn_reject(c, "out of memory");

@@ -79,6 +79,7 @@
 #include "lib/logger.h"
 #include "lib/queue.h"
 #include "transports/pipeline_queue.h"
+#include "transports/sync.h"
 #include "transports/tcp.h"
 #include "transports/wire.h"
 
@@ -383,7 +384,6 @@ struct pipeline {
 /* tcp_conn.c */
 int64_t craft__tcp_now_ns(void);
 struct timeval craft__tcp_tv_of_ms(int64_t ms);
-int craft__tcp_cond_init_monotonic(pthread_cond_t *c);
 bool craft__tcp_cond_wait_until(pthread_cond_t *c, pthread_mutex_t *mu,
                                 int64_t deadline_ns);
 void craft__tcp_chunk_cleanup(const void *data, size_t len, void *extra);

@@ -462,7 +462,7 @@ static int rpc_call(tcp_t *t, const char *target, craft_rpc_type_t type,
         rv = CRAFT_ENOMEM;
         goto err_after_target;
     }
-    if (craft__tcp_cond_init_monotonic(&call->cond) != 0) {
+    if (craft__cond_init_monotonic(&call->cond) != 0) {
         rv = CRAFT_ENOMEM;
         goto err_after_frame;
     }
