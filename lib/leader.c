@@ -717,11 +717,11 @@ static void leader_exit(craft_t *r)
     craft__mutex_unlock(&r->commit_mu);
     atomic_store(&r->commit_watch, false);
     fail_uncommitted(r, lost);
-    craft__fail_futures(&l->pending, atomic_load(&r->shutting_down) ? CRAFT_ESHUTDOWN : CRAFT_ENOTLEADER);
+    int gone = atomic_load(&r->shutting_down) ? CRAFT_ESHUTDOWN : CRAFT_ENOTLEADER;
+    craft__fail_futures(&l->pending, gone);
     craft__fail_futures(&l->verifies, lost);
     craft__fail_futures(&l->reads_waiting, lost);
-    craft__fail_futures(&l->config_pending,
-               atomic_load(&r->shutting_down) ? CRAFT_ESHUTDOWN : CRAFT_ENOTLEADER);
+    craft__fail_futures(&l->config_pending, gone);
     if (l->transfer != NULL) {
         /* Success is a newer term: someone else leads now. */
         bool newer = atomic_load(&r->current_term) > l->transfer_term;
