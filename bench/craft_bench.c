@@ -8,6 +8,7 @@
  *               [--lease-ms L] [--commit-ms T] [--max-append M]
  *               [--max-inflight I] [--max-uncommitted U] [--dir DIR]
  *               [--progress-ms MS] [--no-election] [--stats] [--verbose]
+ *               [--async] [--apply-inline]
  *
  * C client threads each keep K applies of P bytes outstanding against the
  * leader (closed loop; K = 1 by default: apply, wait, repeat). A client
@@ -68,6 +69,7 @@ typedef struct opts {
     bool verbose;
     bool stats;
     bool async; /* clients driven by completion callbacks, no thread each */
+    bool apply_inline; /* config.apply_inline */
 } opts_t;
 
 static opts_t O = {
@@ -317,6 +319,7 @@ static void node_config(node_t *n, craft_config_t *c)
     if (O.max_inflight > 0) {
         c->max_inflight = O.max_inflight;
     }
+    c->apply_inline = O.apply_inline;
     if (O.max_uncommitted >= 0) {
         c->max_uncommitted = (uint64_t)O.max_uncommitted;
     }
@@ -836,7 +839,8 @@ static void usage(const char *argv0)
             "  [--clients C] [--depth K] [--payload BYTES] [--seconds D] [--warmup W]\n"
             "  [--heartbeat-ms 100] [--election-ms 100] [--lease-ms 50] [--commit-ms T]\n"
             "  [--max-append M] [--max-inflight I] [--max-uncommitted U] [--dir DIR]\n"
-            "  [--progress-ms 1000] [--no-election] [--stats] [--verbose] [--async]\n",
+            "  [--progress-ms 1000] [--no-election] [--stats] [--verbose] [--async]\n"
+            "  [--apply-inline]\n",
             argv0);
     exit(2);
 }
@@ -887,6 +891,8 @@ static void parse(int argc, char **argv)
             O.stats = true;
         } else if (strcmp(a, "--async") == 0) {
             O.async = true;
+        } else if (strcmp(a, "--apply-inline") == 0) {
+            O.apply_inline = true;
         } else if (strcmp(a, "--verbose") == 0) {
             O.verbose = true;
         } else {
@@ -1027,11 +1033,13 @@ int main(int argc, char **argv)
     }
 
     printf("{\"impl\":\"craft\",\"nodes\":%d,\"transport\":\"%s\",\"store\":\"%s\","
-           "\"clients\":%d,\"depth\":%d,\"async\":%s,\"payload\":%zu,\"seconds\":%.2f,"
+           "\"clients\":%d,\"depth\":%d,\"async\":%s,\"apply_inline\":%s,\"payload\":%zu,"
+           "\"seconds\":%.2f,"
            "\"ops\":%llu,\"ops_per_sec\":%.1f,\"p50_us\":%llu,\"p99_us\":%llu,"
            "\"max_us\":%llu,\"election_ms\":%.1f,\"rss_kb\":%ld,"
            "\"rss_peak_kb\":%ld,\"rss_anon_kb\":%ld,\"retries\":%llu,\"failures\":%llu}\n",
            O.nodes, O.transport, O.store, O.clients, O.depth, O.async ? "true" : "false",
+           O.apply_inline ? "true" : "false",
            O.payload, window,
            (unsigned long long)ops, (double)ops / window,
            (unsigned long long)hist_pct(all, 0.50),

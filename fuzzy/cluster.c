@@ -451,6 +451,9 @@ static void node_config(fz_node_t *nd, craft_config_t *conf)
     conf->notify_leader_arg = nd;
     conf->logger = node_logger;
     conf->logger_ctx = nd;
+    /* Both ways of applying committed entries: the fsm thread, or the
+     * committing thread (apply_inline), per node and incarnation. */
+    conf->apply_inline = ((nd->c->o.seed + nd->slot + nd->incarnation) & 1) != 0;
 }
 
 static int start_node(fz_node_t *nd)

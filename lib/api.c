@@ -189,6 +189,8 @@ static void free_node(craft_t *r)
     craft__window_destroy(&r->window);
     craft__mailbox_destroy(&r->run_mb);
     craft__mailbox_destroy(&r->fsm_mb);
+    craft__fsm_free(r);
+    craft__mutex_destroy(&r->fsm_mu);
     craft__mutex_destroy(&r->mu);
     craft__mutex_destroy(&r->commit_mu);
     craft__mutex_destroy(&r->run_token);
@@ -237,6 +239,7 @@ int craft_new(craft_t **out, const craft_config_t *config, craft_fsm_t *fsm,
     r->trans = trans;
     craft__mutex_init(&r->mu);
     craft__mutex_init(&r->commit_mu);
+    craft__mutex_init(&r->fsm_mu);
     craft__mutex_init(&r->run_token);
     craft__queue_init(&r->commit_futures);
     craft__mutex_init(&r->shutdown_mu);
@@ -267,10 +270,17 @@ int craft_new(craft_t **out, const craft_config_t *config, craft_fsm_t *fsm,
     if (rv != 0) {
         goto err_after_alloc;
     }
+    rv = craft__fsm_init(r);
+    if (rv != 0) {
+        goto err_after_alloc;
+    }
     if (craft__thread_start(&r->fsm_thread, "craft-fsm", craft__fsm_main, r) != 0) {
         rv = CRAFT_ENOMEM;
         goto err_after_alloc;
     }
+    /* From here commits may be applied inline (not by load_state above:
+     * the fsm state starts from what it restored). */
+    atomic_store(&r->apply_inline, r->conf.apply_inline);
     /* Logged before any thread can change the configuration. */
     CRAFT__INFO(&r->log, "raft", "initial configuration: index=%llu servers=%zu "
                 "last-index=%llu term=%llu",
@@ -566,6 +576,7 @@ void craft_stats(craft_t *r, craft_stats_t *out)
     out->commit_time_count = atomic_load(&r->st_commit_n);
     out->fsm_apply_time_us_sum = atomic_load(&r->st_fsm_us);
     out->fsm_apply_batches = atomic_load(&r->st_fsm_batches);
+    out->fsm_inline_batches = atomic_load(&r->st_fsm_inline_batches);
     out->store_time_us_sum = atomic_load(&r->st_store_us);
     out->store_calls = atomic_load(&r->st_store_n);
 }

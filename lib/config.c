@@ -24,6 +24,7 @@ void craft_config_default(craft_config_t *c)
     c->restore_committed_logs = true;
     c->max_inflight = 2;
     c->max_uncommitted = 4096;
+    c->apply_inline = false;
 }
 
 static const char *check(const craft_config_t *c)

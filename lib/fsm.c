@@ -1,8 +1,14 @@
 /*
- * The fsm thread (hashicorp fsm.go runFSM): the only caller of the FSM at
- * run time. Applies committed entries in order, in batches of up to
- * max_append_entries, and completes the futures waiting on them with the
- * FSM's responses.
+ * The fsm thread (hashicorp fsm.go runFSM): applies committed entries in
+ * order, in batches of up to max_append_entries, and completes the futures
+ * waiting on them with the FSM's responses.
+ *
+ * With config.apply_inline the thread that moves the commit index applies
+ * the entries itself when the fsm thread is idle (craft__fsm_apply_inline):
+ * one thread wake-up less per batch. Whoever applies holds fsm_mu, so the
+ * FSM is still called by one thread at a time, in log order; the fsm
+ * thread keeps snapshots, restores and whatever the inline applier hands
+ * back to it.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -10,7 +16,7 @@
 #include "lib/logread.h"
 #include "lib/raft.h"
 
-typedef struct fsm_state {
+struct craft__fsm_state {
     craft_t *r;
     uint64_t applied;
     uint64_t applied_term;
@@ -19,7 +25,13 @@ typedef struct fsm_state {
     craft_log_t *cmds;
     void **responses;
     uint64_t *cmd_index;
-} fsm_state_t;
+    bool inline_now; /* an inline applier runs apply_upto */
+};
+typedef struct craft__fsm_state fsm_state_t;
+
+/* Longest run of batches an inline applier does before it hands the rest
+ * to the fsm thread: the thread it borrowed has its own work. */
+#define INLINE_MAX_ROUNDS 4
 
 /* Completes futures at the head of `futures` with index <= upto. Those with
  * index == an applied command get its response. */
@@ -70,6 +82,9 @@ static void apply_batch(fsm_state_t *s, size_t n, craft__queue_t *futures)
         }
         atomic_fetch_add(&r->st_fsm_us, (uint64_t)(craft__now_ns() - t0) / 1000);
         atomic_fetch_add(&r->st_fsm_batches, 1);
+        if (s->inline_now) {
+            atomic_fetch_add(&r->st_fsm_inline_batches, 1);
+        }
         atomic_fetch_add(&r->st_fsm_applied, ncmd);
     }
     uint64_t last = s->ents[n - 1]->log.index;
@@ -164,43 +179,103 @@ static void restore(fsm_state_t *s, craft__fsm_req_t *req)
     craft__future_complete(req->done, rv);
 }
 
+int craft__fsm_init(craft_t *r)
+{
+    size_t max = (size_t)r->conf.max_append_entries;
+    fsm_state_t *s = calloc(1, sizeof *s);
+    if (s == NULL) {
+        return CRAFT_ENOMEM;
+    }
+    s->r = r;
+    s->applied = atomic_load(&r->applied_index);
+    s->applied_term = atomic_load(&r->last_snapshot_term);
+    s->ents = malloc(max * sizeof(craft__entry_t *));
+    s->cmds = malloc(max * sizeof(craft_log_t));
+    s->responses = malloc(max * sizeof(void *));
+    s->cmd_index = malloc(max * sizeof(uint64_t));
+    r->fsm_state = s;
+    if (s->ents == NULL || s->cmds == NULL || s->responses == NULL || s->cmd_index == NULL) {
+        craft__fsm_free(r);
+        return CRAFT_ENOMEM;
+    }
+    return 0;
+}
+
+void craft__fsm_free(craft_t *r)
+{
+    fsm_state_t *s = r->fsm_state;
+    if (s == NULL) {
+        return;
+    }
+    free(s->ents);
+    free(s->cmds);
+    free(s->responses);
+    free(s->cmd_index);
+    free(s);
+    r->fsm_state = NULL;
+}
+
+static bool fsm_closing(craft_t *r)
+{
+    craft__mutex_lock(&r->fsm_mb.mu);
+    bool closed = r->fsm_mb.closed;
+    craft__mutex_unlock(&r->fsm_mb.mu);
+    return closed;
+}
+
+void craft__fsm_apply_inline(craft_t *r)
+{
+    fsm_state_t *s = r->fsm_state;
+    for (int round = 0;; round++) {
+        craft__queue_t futures;
+        craft__queue_init(&futures);
+        craft__mutex_lock(&r->commit_mu);
+        uint64_t target = atomic_load(&r->commit_index);
+        if (target <= s->applied || s->failed || round == INLINE_MAX_ROUNDS ||
+            craft__mailbox_len(&r->fsm_mb) > 0 || fsm_closing(r)) {
+            /* Done, or the rest goes to the fsm thread (which also fails
+             * what cannot be applied). Under commit_mu: committers post
+             * again from here on. */
+            r->applier_active = false;
+            int err = target > s->applied ? craft__post_commit_locked(r, target) : 0;
+            craft__mutex_unlock(&r->commit_mu);
+            craft__mutex_unlock(&r->fsm_mu);
+            if (err != 0) {
+                craft__fail_commit_futures(r, target, false, err);
+            }
+            return;
+        }
+        craft__take_futures_locked(r, target, &futures);
+        craft__mutex_unlock(&r->commit_mu);
+        s->inline_now = true;
+        apply_upto(s, target, &futures);
+        s->inline_now = false;
+    }
+}
+
 void *craft__fsm_main(void *arg)
 {
     craft_t *r = arg;
     craft__set_craft_thread(r);
-    size_t max = (size_t)r->conf.max_append_entries;
-    fsm_state_t s = {
-        .r = r,
-        .applied = atomic_load(&r->applied_index),
-        .applied_term = atomic_load(&r->last_snapshot_term),
-        .ents = malloc(max * sizeof(craft__entry_t *)),
-        .cmds = malloc(max * sizeof(craft_log_t)),
-        .responses = malloc(max * sizeof(void *)),
-        .cmd_index = malloc(max * sizeof(uint64_t)),
-    };
-    if (s.ents == NULL || s.cmds == NULL || s.responses == NULL || s.cmd_index == NULL) {
-        CRAFT__ERROR(&r->log, "fsm", "out of memory starting the fsm thread");
-        s.failed = true;
-    }
-    bool closing = false;
+    fsm_state_t *s = r->fsm_state;
     for (;;) {
         craft__msg_t *m = craft__mailbox_wait(&r->fsm_mb, -1);
         if (m == NULL) {
             break; /* closed and drained */
         }
+        craft__mutex_lock(&r->fsm_mu);
         /* Once the run thread closed the mailbox, stop applying. */
-        craft__mutex_lock(&r->fsm_mb.mu);
-        closing = r->fsm_mb.closed;
-        craft__mutex_unlock(&r->fsm_mb.mu);
+        bool closing = fsm_closing(r);
         if (m->type != CRAFT__FSM_COMMIT) {
             craft__fsm_req_t *req = (craft__fsm_req_t *)m;
             if (closing) {
                 craft__future_complete(req->done, CRAFT_ESHUTDOWN);
             } else if (m->type == CRAFT__FSM_SNAPSHOT) {
-                take_snapshot(&s, req);
+                take_snapshot(s, req);
             } else {
-                restore(&s, req);
+                restore(s, req);
             }
+            craft__mutex_unlock(&r->fsm_mu);
             continue;
         }
         craft__fsm_commit_t *c = (craft__fsm_commit_t *)m;
@@ -208,16 +283,13 @@ void *craft__fsm_main(void *arg)
         craft__queue_t futures;
         craft__queue_init(&futures);
         craft__take_futures(r, c->index, false, &futures);
-        if (closing || s.failed) {
-            craft__fail_futures(&futures, s.failed ? CRAFT_EIO : CRAFT_ESHUTDOWN);
+        if (closing || s->failed) {
+            craft__fail_futures(&futures, s->failed ? CRAFT_EIO : CRAFT_ESHUTDOWN);
         } else {
-            apply_upto(&s, c->index, &futures);
+            apply_upto(s, c->index, &futures);
         }
+        craft__mutex_unlock(&r->fsm_mu);
         free(c);
     }
-    free(s.ents);
-    free(s.cmds);
-    free(s.responses);
-    free(s.cmd_index);
     return NULL;
 }

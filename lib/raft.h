@@ -4,7 +4,8 @@
  *  - fields under "shared" are atomics or guarded by `mu` and readable from
  *    any thread; term and role change only on the run thread, under `mu`
  *    (hashicorp #695: never off the run thread);
- *  - the fsm thread owns the FSM and `fsm_*` fields.
+ *  - whoever holds fsm_mu (the fsm thread, or an inline applier) owns the
+ *    FSM and fsm_state.
  */
 #ifndef CRAFT_LIB_RAFT_H
 #define CRAFT_LIB_RAFT_H
@@ -193,8 +194,8 @@ struct craft {
     atomic_int n_observers;
     /* stats counters */
     _Atomic uint64_t st_applies, st_commits, st_elections, st_prevotes, st_fsm_applied,
-        st_rpcs, st_commit_us, st_commit_n, st_fsm_us, st_fsm_batches, st_store_us,
-        st_store_n;
+        st_rpcs, st_commit_us, st_commit_n, st_fsm_us, st_fsm_batches, st_fsm_inline_batches,
+        st_store_us, st_store_n;
 
     /* coalesced signals to run */
     craft__msg_t commit_msg;
@@ -234,6 +235,13 @@ struct craft {
     /* ---- fsm thread ---- */
     craft__thread_t fsm_thread;
     craft__mailbox_t fsm_mb;
+    /* Held while applying, snapshotting or restoring the FSM: by the fsm
+     * thread per message, or by an inline applier (config.apply_inline).
+     * Taken before commit_mu; a holder of commit_mu only tries it. */
+    craft__mutex_t fsm_mu;
+    struct craft__fsm_state *fsm_state; /* under fsm_mu */
+    bool applier_active;                /* under commit_mu: an inline applier runs */
+    atomic_bool apply_inline;           /* config.apply_inline, once the fsm thread runs */
 
     /* ---- snapshots ---- */
     craft__thread_t snapshot_thread;
@@ -283,6 +291,11 @@ void craft__stage_commit(craft_t *r);
 /* Moves the leader's apply futures waiting for the fsm into `out`, in
  * index order: those with index <= upto, or those above it if `above`. */
 void craft__take_futures(craft_t *r, uint64_t upto, bool above, craft__queue_t *out);
+/* The same for those <= upto, commit_mu held. */
+void craft__take_futures_locked(craft_t *r, uint64_t upto, craft__queue_t *out);
+/* Tells the fsm thread to apply up to `index`; commit_mu held. 0,
+ * CRAFT_ENOMEM or CRAFT_ESHUTDOWN (then the caller fails the futures). */
+int craft__post_commit_locked(craft_t *r, uint64_t index);
 /* The same, failing the futures taken with `err`. */
 void craft__fail_commit_futures(craft_t *r, uint64_t upto, bool above, int err);
 /* Posts a coalesced signal to run. */
@@ -348,6 +361,14 @@ int craft__restore_on_start(craft_t *r);
 
 /* ---- fsm.c ---- */
 void *craft__fsm_main(void *arg);
+/* The fsm thread's state, from applied_index (craft_new, before the fsm
+ * thread starts). 0 or CRAFT_ENOMEM. */
+int craft__fsm_init(craft_t *r);
+void craft__fsm_free(craft_t *r); /* NULL-safe */
+/* Applies committed entries on the calling thread, which holds fsm_mu and
+ * set applier_active (advance_locked); releases both. Stops after a few
+ * batches, or when the fsm thread has messages, handing it the rest. */
+void craft__fsm_apply_inline(craft_t *r);
 
 /* ---- api.c ---- */
 /* Completes a future with `err`, setting its fsm for responses. */

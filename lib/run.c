@@ -209,6 +209,18 @@ void craft__configuration_appended(craft_t *r, const craft_configuration_t *c,
     }
 }
 
+void craft__take_futures_locked(craft_t *r, uint64_t upto, craft__queue_t *out)
+{
+    while (!craft__queue_empty(&r->commit_futures)) {
+        craft__queue_t *e = craft__queue_head(&r->commit_futures);
+        if (CRAFT__QUEUE_DATA(e, craft_future_t, link)->index > upto) {
+            break;
+        }
+        craft__queue_remove(e);
+        craft__queue_push(out, e);
+    }
+}
+
 void craft__take_futures(craft_t *r, uint64_t upto, bool above, craft__queue_t *out)
 {
     craft__mutex_lock(&r->commit_mu);
@@ -226,14 +238,7 @@ void craft__take_futures(craft_t *r, uint64_t upto, bool above, craft__queue_t *
         }
         craft__queue_move(&tmp, out);
     } else {
-        while (!craft__queue_empty(&r->commit_futures)) {
-            craft__queue_t *e = craft__queue_head(&r->commit_futures);
-            if (CRAFT__QUEUE_DATA(e, craft_future_t, link)->index > upto) {
-                break;
-            }
-            craft__queue_remove(e);
-            craft__queue_push(out, e);
-        }
+        craft__take_futures_locked(r, upto, out);
     }
     craft__mutex_unlock(&r->commit_mu);
 }
@@ -263,19 +268,8 @@ static void count_commit_times(craft_t *r, uint64_t old, uint64_t index)
     }
 }
 
-/* Moves commit_index up to `index` and tells the fsm thread; commit_mu
- * held. Returns 0 (also when `index` is not above commit_index), or the
- * error that kept the fsm thread from hearing of it: the caller then fails
- * the futures up to `index` once commit_mu is released. */
-static int advance_locked(craft_t *r, uint64_t index)
+int craft__post_commit_locked(craft_t *r, uint64_t index)
 {
-    uint64_t old = atomic_load(&r->commit_index);
-    if (index <= old) {
-        return 0;
-    }
-    count_commit_times(r, old, index);
-    atomic_store(&r->commit_index, index);
-    atomic_fetch_add(&r->st_commits, 1);
     craft__fsm_commit_t *c = malloc(sizeof *c);
     if (c == NULL) {
         CRAFT__ERROR(&r->log, "raft", "out of memory dispatching commits");
@@ -289,6 +283,37 @@ static int advance_locked(craft_t *r, uint64_t index)
         return CRAFT_ESHUTDOWN;
     }
     return 0;
+}
+
+/* Moves commit_index up to `index` and gets the entries applied; commit_mu
+ * held. Returns 0 (also when `index` is not above commit_index), or the
+ * error that kept the fsm thread from hearing of it: the caller then fails
+ * the futures up to `index` once commit_mu is released. Sets *apply when
+ * the caller is to apply them itself (craft__fsm_apply_inline, after
+ * releasing commit_mu): config.apply_inline, and the fsm thread is idle
+ * with nothing queued. */
+static int advance_locked(craft_t *r, uint64_t index, bool *apply)
+{
+    uint64_t old = atomic_load(&r->commit_index);
+    if (index <= old) {
+        return 0;
+    }
+    count_commit_times(r, old, index);
+    atomic_store(&r->commit_index, index);
+    atomic_fetch_add(&r->st_commits, 1);
+    if (r->applier_active) {
+        return 0; /* the inline applier looks at commit_index again */
+    }
+    /* trylock: the fsm thread takes commit_mu while holding fsm_mu. */
+    if (atomic_load(&r->apply_inline) && craft__mutex_trylock(&r->fsm_mu) == 0) {
+        if (craft__mailbox_len(&r->fsm_mb) == 0 && !atomic_load(&r->shutting_down)) {
+            r->applier_active = true;
+            *apply = true;
+            return 0;
+        }
+        craft__mutex_unlock(&r->fsm_mu);
+    }
+    return craft__post_commit_locked(r, index);
 }
 
 bool craft__commit_fast(craft_t *r, uint64_t term, craft__commitment_t *cm)
@@ -306,10 +331,14 @@ bool craft__commit_fast(craft_t *r, uint64_t term, craft__commitment_t *cm)
         index = own;
     }
     bool advanced = index > atomic_load(&r->commit_index);
-    int err = advance_locked(r, index);
+    bool apply = false;
+    int err = advance_locked(r, index, &apply);
     craft__mutex_unlock(&r->commit_mu);
     if (err != 0) {
         craft__fail_commit_futures(r, index, false, err);
+    }
+    if (apply) {
+        craft__fsm_apply_inline(r);
     }
     return advanced;
 }
@@ -320,10 +349,14 @@ void craft__commit_to(craft_t *r, uint64_t index)
         index = atomic_load(&r->last_log_index);
     }
     craft__mutex_lock(&r->commit_mu);
-    int err = advance_locked(r, index);
+    bool apply = false;
+    int err = advance_locked(r, index, &apply);
     craft__mutex_unlock(&r->commit_mu);
     if (err != 0) {
         craft__fail_commit_futures(r, index, false, err);
+    }
+    if (apply) {
+        craft__fsm_apply_inline(r);
     }
     /* The fast path may have advanced commit_index already: the
      * configuration is committed whenever commit_index covers it. */

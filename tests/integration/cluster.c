@@ -20,9 +20,22 @@ int64_t tc_time_scale(void)
 
 /* ---- recording FSM ---- */
 
+static void fsm_enter(tc_fsm_t *f)
+{
+    if (atomic_fetch_add(&f->busy, 1) != 0) {
+        atomic_fetch_add(&f->overlaps, 1);
+    }
+}
+
+static void fsm_leave(tc_fsm_t *f)
+{
+    atomic_fetch_sub(&f->busy, 1);
+}
+
 static void *fsm_apply(void *ctx, const craft_log_t *log)
 {
     tc_fsm_t *f = ctx;
+    fsm_enter(f);
     pthread_mutex_lock(&f->mu);
     if (log->index <= f->last_index) {
         f->order_violation = true;
@@ -46,6 +59,7 @@ static void *fsm_apply(void *ctx, const craft_log_t *log)
     }
     f->last_index = log->index;
     pthread_mutex_unlock(&f->mu);
+    fsm_leave(f);
     /* Response: the index, as a pointer-sized value (nothing to free). */
     return (void *)(uintptr_t)log->index;
 }
@@ -88,6 +102,7 @@ static void snap_release(void *ctx)
 static int fsm_snapshot(void *ctx, craft_fsm_snapshot_t **out)
 {
     tc_fsm_t *f = ctx;
+    fsm_enter(f);
     snap_buf_t *s = calloc(1, sizeof *s);
     pthread_mutex_lock(&f->mu);
     size_t len = 24;
@@ -107,6 +122,7 @@ static int fsm_snapshot(void *ctx, craft_fsm_snapshot_t **out)
         p += f->len[i];
     }
     pthread_mutex_unlock(&f->mu);
+    fsm_leave(f);
     s->vt.ctx = s;
     s->vt.persist = snap_persist;
     s->vt.release = snap_release;
@@ -116,9 +132,8 @@ static int fsm_snapshot(void *ctx, craft_fsm_snapshot_t **out)
 
 static void fsm_reset(tc_fsm_t *f);
 
-static int fsm_restore(void *ctx, craft_reader_t *reader)
+static int fsm_restore_from(tc_fsm_t *f, craft_reader_t *reader)
 {
-    tc_fsm_t *f = ctx;
     size_t cap = 1 << 16, len = 0;
     char *buf = malloc(cap);
     for (;;) {
@@ -168,6 +183,15 @@ static int fsm_restore(void *ctx, craft_reader_t *reader)
     pthread_mutex_unlock(&f->mu);
     free(buf);
     return 0;
+}
+
+static int fsm_restore(void *ctx, craft_reader_t *reader)
+{
+    tc_fsm_t *f = ctx;
+    fsm_enter(f);
+    int rv = fsm_restore_from(f, reader);
+    fsm_leave(f);
+    return rv;
 }
 
 static void fsm_init(tc_fsm_t *f)
@@ -226,6 +250,9 @@ static void node_config(tc_cluster_t *c, size_t i, craft_config_t *out)
     out->local_id = c->nodes[i].id;
     out->notify_leader = notify_leader;
     out->notify_leader_arg = &c->nodes[i];
+    /* Odd-numbered nodes apply committed entries on the committing thread,
+     * so every cluster test covers both apply paths (config.apply_inline). */
+    out->apply_inline = c->conf.apply_inline || (i % 2) == 1;
 }
 
 void tc_start(tc_cluster_t *c, size_t i)
@@ -409,6 +436,9 @@ void tc_free(tc_cluster_t *c)
         n->log->close(n->log->ctx);
         n->stable->close(n->stable->ctx);
         n->snaps->close(n->snaps->ctx);
+        ck_assert_msg(atomic_load(&n->fsm.overlaps) == 0,
+                      "%s: %d FSM calls began while another ran", n->id,
+                      atomic_load(&n->fsm.overlaps));
         fsm_destroy(&n->fsm);
     }
     if (c->dir != NULL) {

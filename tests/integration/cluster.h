@@ -6,6 +6,7 @@
 #define CRAFT_TEST_CLUSTER_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -28,6 +29,9 @@ typedef struct tc_fsm {
     uint64_t last_index;
     bool order_violation; /* an index not above the previous one */
     int restores;         /* snapshots restored into it */
+    /* FSM calls in progress, and how many began while another ran (the
+     * FSM contract: one call at a time; tc_free asserts none did). */
+    atomic_int busy, overlaps;
 } tc_fsm_t;
 
 typedef struct tc_node {

@@ -1,5 +1,7 @@
 /* Integration: elections, replication and apply on healthy clusters. */
 #include <check.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -214,6 +216,144 @@ static bool applied_reached(void *arg)
     return craft_applied_index(a->r) >= a->index;
 }
 
+/* ---- apply_inline: FSM apply on the committing thread ---- */
+
+#define CHAINS 8
+#define CHAIN_LEN 150
+
+/* A client driven by completion callbacks: each apply's on_done submits
+ * the next one (craft-bench --async does the same). With apply_inline the
+ * callbacks run on the thread that committed the entry (a transport or
+ * client thread), so this re-enters craft_apply from inside the commit. */
+typedef struct chain {
+    craft_t *r;
+    int id;
+    int next;                   /* commands submitted */
+    uint64_t index[CHAIN_LEN];  /* index each one's future reported */
+    atomic_int ok;              /* completed successfully */
+    atomic_int err;             /* the error that ended the chain, or 0 */
+    atomic_bool finished;
+} chain_t;
+
+static void chain_submit(chain_t *ch);
+
+static void chain_done(craft_future_t *f, void *arg)
+{
+    chain_t *ch = arg;
+    int rv = craft_future_wait(f); /* completed: does not block */
+    if (rv == 0) {
+        ch->index[ch->next - 1] = craft_future_index(f);
+        atomic_fetch_add(&ch->ok, 1);
+    }
+    craft_future_free(f);
+    if (rv != 0) {
+        atomic_store(&ch->err, rv);
+        atomic_store(&ch->finished, true);
+    } else if (ch->next == CHAIN_LEN) {
+        atomic_store(&ch->finished, true);
+    } else {
+        chain_submit(ch);
+    }
+}
+
+static void chain_submit(chain_t *ch)
+{
+    char buf[32];
+    snprintf(buf, sizeof buf, "chain%d-%d", ch->id, ch->next);
+    ch->next++;
+    craft_future_t *f = craft_apply(ch->r, buf, strlen(buf), 0);
+    ck_assert_ptr_nonnull(f);
+    craft_future_on_done(f, chain_done, ch);
+}
+
+static bool chains_finished(void *arg)
+{
+    chain_t *chains = arg;
+    for (int i = 0; i < CHAINS; i++) {
+        if (!atomic_load(&chains[i].finished)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+typedef struct applied_wait {
+    tc_cluster_t *c;
+    uint64_t index;
+} applied_wait_t;
+
+static bool all_applied(void *arg)
+{
+    applied_wait_t *w = arg;
+    for (size_t i = 0; i < w->c->n; i++) {
+        if (craft_applied_index(w->c->nodes[i].r) < w->index) {
+            return false;
+        }
+    }
+    return true;
+}
+
+static void inline_tweak(craft_config_t *c)
+{
+    c->apply_inline = true;
+    /* Snapshots (on the fsm thread) interleave with the inline applies. */
+    c->snapshot_threshold = 64;
+    c->snapshot_interval_ms = 20;
+    c->trailing_logs = 32;
+}
+
+START_TEST(test_apply_inline_callback_chains)
+{
+    tc_cluster_t *c = tc_new_with(3, 3, inline_tweak);
+    int l = tc_leader(c, TC_WAIT_MS);
+    ck_assert_int_ge(l, 0);
+    chain_t *chains = calloc(CHAINS, sizeof *chains);
+    for (int i = 0; i < CHAINS; i++) {
+        chains[i].r = c->nodes[l].r;
+        chains[i].id = i;
+    }
+    for (int i = 0; i < CHAINS; i++) {
+        chain_submit(&chains[i]);
+    }
+    /* No chain may hang: each ends with all its commands applied or with
+     * the error of a leadership change (retrying is not the point here). */
+    ck_assert(tu_wait_for(chains_finished, chains, TC_WAIT_MS * 4));
+    size_t total = 0;
+    for (int i = 0; i < CHAINS; i++) {
+        int err = atomic_load(&chains[i].err);
+        ck_assert_msg(err == 0 || err == CRAFT_ELEADERSHIPLOST || err == CRAFT_ENOTLEADER,
+                      "chain %d ended with %s", i, craft_strerror(err));
+        total += (size_t)atomic_load(&chains[i].ok);
+    }
+    ck_assert_uint_gt(total, 0);
+    /* Every acknowledged command is on every node, once, at its index. */
+    applied_wait_t w = {.c = c};
+    for (int i = 0; i < CHAINS; i++) {
+        for (int k = 0; k < atomic_load(&chains[i].ok); k++) {
+            w.index = chains[i].index[k] > w.index ? chains[i].index[k] : w.index;
+        }
+    }
+    ck_assert(tu_wait_for(all_applied, &w, TC_WAIT_MS));
+    for (int i = 0; i < CHAINS; i++) {
+        for (int k = 0; k < atomic_load(&chains[i].ok); k++) {
+            char buf[32];
+            snprintf(buf, sizeof buf, "chain%d-%d", i, k);
+            for (size_t n = 0; n < c->n; n++) {
+                ck_assert_msg(tc_fsm_hits(c, n, buf) == 1, "%s on node%zu", buf, n);
+                ck_assert(tc_fsm_at(c, n, chains[i].index[k], buf));
+            }
+        }
+    }
+    /* The leader applied inline (the stat counts batches applied that way). */
+    craft_stats_t st;
+    craft_stats(c->nodes[l].r, &st);
+    ck_assert_uint_gt(st.fsm_inline_batches, 0);
+    ck_assert_uint_le(st.fsm_inline_batches, st.fsm_apply_batches);
+    free(chains);
+    tc_free(c); /* asserts no FSM call overlapped another */
+}
+END_TEST
+
 START_TEST(test_restart_all_replays_committed)
 {
     tc_cluster_t *c = tc_new(3, 3);
@@ -270,6 +410,7 @@ int main(int argc, char **argv)
     tcase_add_test(tc, test_barrier);
     tcase_add_test(tc, test_verify_leader_healthy);
     tcase_add_test(tc, test_get_configuration);
+    tcase_add_test(tc, test_apply_inline_callback_chains);
     if (!tcp) {
         tcase_add_test(tc, test_restart_all_replays_committed);
     }
