@@ -5,9 +5,12 @@
 #
 #   bench/compare.sh [-s SECONDS] [-w WARMUP] [-r REPEATS] [-c "1 16 64"]
 #                    [-p "64 1024"] [-m "durable inmem"] [-b BUILDDIR]
-#                    [-o RESULTS.jsonl] [-a]
+#                    [-o RESULTS.jsonl] [-a] [-i]
 # -a: craft's clients are completion callbacks (craft-bench --async) instead
 #     of one OS thread each; hashicorp's are goroutines either way.
+# -i: craft applies committed entries on the committing thread
+#     (craft-bench --apply-inline, config.apply_inline: the benchmark's FSM
+#     only counts bytes); hashicorp has no such option.
 #
 # Modes (both over TCP on 127.0.0.1, 3 nodes, timeouts 100/100/50 ms):
 #   durable  craft --store sqlite (durability full)  vs  hashicorp bolt
@@ -38,7 +41,8 @@ modes="durable inmem"
 build=${BUILD:-/tmp/build-bench-compare}
 out=""
 async=""
-while getopts s:w:r:c:p:m:b:o:a o; do
+inline=""
+while getopts s:w:r:c:p:m:b:o:ai o; do
     case $o in
     s) secs=$OPTARG ;;
     w) warm=$OPTARG ;;
@@ -49,7 +53,8 @@ while getopts s:w:r:c:p:m:b:o:a o; do
     b) build=$OPTARG ;;
     o) out=$OPTARG ;;
     a) async="--async" ;;
-    *) sed -n '2,27p' "$0" >&2; exit 2 ;;
+    i) inline="--apply-inline" ;;
+    *) sed -n '2,30p' "$0" >&2; exit 2 ;;
     esac
 done
 [ -n "$out" ] || out=$(mktemp /tmp/compare-XXXXXX.jsonl)
@@ -67,12 +72,13 @@ hashi="$build/hashicorp-bench"
 # ---- facts ----
 echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ) $(uname -r) nproc=$(nproc) $(go version | cut -d' ' -f3)"
 if [ -n "$async" ]; then kind="callbacks (--async)"; else kind="one thread each"; fi
+if [ -n "$inline" ]; then kind="$kind, apply_inline"; fi
 echo "# craft $(git -C "$src" rev-parse --short HEAD 2>/dev/null || echo '?'), ${secs}s per cell, ${warm}s warm-up, $reps repeats, craft clients: $kind, results in $out"
 
 run() { # impl transport store clients payload
     extra=""
-    if [ "$1" = craft ]; then bin=$craft; extra=$async; else bin=$hashi; fi
-    # shellcheck disable=SC2086 # $extra is one flag or nothing
+    if [ "$1" = craft ]; then bin=$craft; extra="$async $inline"; else bin=$hashi; fi
+    # shellcheck disable=SC2086 # $extra is flags or nothing
     line=$("$bin" --transport "$2" --store "$3" --clients "$4" --payload "$5" \
         --seconds "$secs" --warmup "$warm" --progress-ms 0 $extra 2>>"$out.stderr") || true
     if [ -z "$line" ]; then
