@@ -435,6 +435,9 @@ int main(int argc, char **argv)
     conf.local_id = opt.id;
     conf.logger = log_line;
     conf.log_level = opt.log_level;
+    /* The FSM is an in-memory map behind a lock held for microseconds:
+     * apply it on the committing thread, without waking the fsm thread. */
+    conf.apply_inline = true;
     if (opt.heartbeat_timeout_ms >= 0) {
         conf.heartbeat_timeout_ms = opt.heartbeat_timeout_ms;
         if (conf.leader_lease_timeout_ms > conf.heartbeat_timeout_ms) {
