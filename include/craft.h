@@ -209,14 +209,16 @@ typedef struct craft_config {
      * Default 4096; 0 = unlimited. */
     uint64_t max_uncommitted;
     /* craft extension: the thread that learns an entry is committed (the
-     * transport thread that delivered the acknowledgement, or a client
-     * thread in craft_apply) applies it to the FSM itself when the fsm
-     * thread is idle, instead of waking the fsm thread: one thread
-     * wake-up less per batch (see README, Performance). FSM calls stay one
-     * at a time and in log order, but come from several threads, and apply
-     * futures complete (and run their on_done callbacks) on those threads.
-     * Only for an FSM whose apply is quick and never blocks: while it
-     * runs, that thread handles no network traffic. Default false. */
+     * transport thread that delivered the acknowledgement, a client thread
+     * in craft_apply, the run thread, a follower's AppendEntries handler)
+     * applies it to the FSM itself when the fsm thread is idle, instead of
+     * waking the fsm thread: one thread wake-up less per batch (see README,
+     * How it works). FSM calls stay one at a time and in log order, but
+     * come from several threads, and apply futures complete (and run their
+     * on_done callbacks) on those threads. snapshot and restore stay on the
+     * fsm thread. Only for an FSM whose apply is quick and never blocks:
+     * while it runs, that thread handles no network traffic. Default
+     * false. */
     bool apply_inline;
 } craft_config_t;
 
