@@ -29,8 +29,9 @@ struct craft__fsm_state {
 };
 typedef struct craft__fsm_state fsm_state_t;
 
-/* Longest run of batches an inline applier does before it hands the rest
- * to the fsm thread: the thread it borrowed has its own work. */
+/* Rounds (each applies up to the commit index it read) an inline applier
+ * does before it hands the rest to the fsm thread: the thread it borrowed
+ * has its own work. */
 #define INLINE_MAX_ROUNDS 4
 
 /* Completes futures at the head of `futures` with index <= upto. Those with
