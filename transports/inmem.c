@@ -62,6 +62,7 @@
 #include "lib/queue.h"
 #include "transports/inproc.h"
 #include "transports/pipeline_queue.h"
+#include "transports/sync.h"
 
 #include <pthread.h>
 #include <stdalign.h>
@@ -489,7 +490,7 @@ static int transport_rpc(inmem_transport_t *t, const char *target,
     if (rv != 0) {
         return rv;
     }
-    struct timespec deadline = craft__inproc_deadline_after(timeout_ms);
+    struct timespec deadline = craft__deadline_after_ms(timeout_ms);
     call_t *call = call_new(t, type, req, data);
     if (call == NULL) {
         return CRAFT_ENOMEM;

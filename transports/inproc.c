@@ -10,19 +10,6 @@
 
 #include "transports/sync.h"
 
-struct timespec craft__inproc_deadline_after(int64_t ms)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    ts.tv_sec += (time_t)(ms / 1000);
-    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
-    return ts;
-}
-
 /* ------------------------------------------------------------------------ */
 /* Endpoint                                                                  */
 /* ------------------------------------------------------------------------ */

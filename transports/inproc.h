@@ -99,9 +99,6 @@ struct craft__inproc_call {
     void (*on_cut)(craft__inproc_call_t *c); /* when the cut is hit, no lock held */
 };
 
-/* CLOCK_MONOTONIC now + `ms`. */
-struct timespec craft__inproc_deadline_after(int64_t ms);
-
 /* An open endpoint with no handlers. 0 or CRAFT_ENOMEM. */
 int craft__inproc_init(craft__inproc_t *e);
 /* Frees the interned strings and the locks. Nobody may use `e` any more. */

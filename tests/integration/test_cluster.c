@@ -277,22 +277,6 @@ static bool chains_finished(void *arg)
     return true;
 }
 
-typedef struct applied_wait {
-    tc_cluster_t *c;
-    uint64_t index;
-} applied_wait_t;
-
-static bool all_applied(void *arg)
-{
-    applied_wait_t *w = arg;
-    for (size_t i = 0; i < w->c->n; i++) {
-        if (craft_applied_index(w->c->nodes[i].r) < w->index) {
-            return false;
-        }
-    }
-    return true;
-}
-
 static void inline_tweak(craft_config_t *c)
 {
     c->apply_inline = true;
@@ -327,13 +311,16 @@ START_TEST(test_apply_inline_callback_chains)
     }
     ck_assert_uint_gt(total, 0);
     /* Every acknowledged command is on every node, once, at its index. */
-    applied_wait_t w = {.c = c};
+    uint64_t last = 0;
     for (int i = 0; i < CHAINS; i++) {
         for (int k = 0; k < atomic_load(&chains[i].ok); k++) {
-            w.index = chains[i].index[k] > w.index ? chains[i].index[k] : w.index;
+            last = chains[i].index[k] > last ? chains[i].index[k] : last;
         }
     }
-    ck_assert(tu_wait_for(all_applied, &w, TC_WAIT_MS));
+    for (size_t n = 0; n < c->n; n++) {
+        applied_arg_t a = {.r = c->nodes[n].r, .index = last};
+        ck_assert(tu_wait_for(applied_reached, &a, TC_WAIT_MS));
+    }
     for (int i = 0; i < CHAINS; i++) {
         for (int k = 0; k < atomic_load(&chains[i].ok); k++) {
             char buf[32];

@@ -18,6 +18,7 @@
 #include "craft.h"
 #include "craft/inmem.h"
 #include "tests/testutil.h"
+#include "transports/sync.h"
 
 /* Calls meant to succeed get a timeout no test run reaches. */
 #define LONG_MS 60000
@@ -197,7 +198,7 @@ static void inbox_init(inbox_t *ib)
 {
     memset(ib, 0, sizeof *ib);
     pthread_mutex_init(&ib->mu, NULL);
-    pthread_cond_init(&ib->cond, NULL);
+    ck_assert_int_eq(craft__cond_init_monotonic(&ib->cond), 0);
 }
 
 static void inbox_destroy(inbox_t *ib)
@@ -224,23 +225,10 @@ static void inbox_handler(void *arg, craft_rpc_t *rpc)
     pthread_mutex_unlock(&ib->mu);
 }
 
-static struct timespec abs_deadline(int64_t ms)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += (time_t)(ms / 1000);
-    ts.tv_nsec += (long)(ms % 1000) * 1000000L;
-    if (ts.tv_nsec >= 1000000000L) {
-        ts.tv_sec++;
-        ts.tv_nsec -= 1000000000L;
-    }
-    return ts;
-}
-
 /* The oldest queued rpc; NULL after `ms` or once stopped and empty. */
 static craft_rpc_t *inbox_pop(inbox_t *ib, int64_t ms)
 {
-    struct timespec dl = abs_deadline(ms);
+    struct timespec dl = craft__deadline_after_ms(ms);
     pthread_mutex_lock(&ib->mu);
     while (ib->head == NULL && !ib->stop) {
         if (pthread_cond_timedwait(&ib->cond, &ib->mu, &dl) != 0) {
