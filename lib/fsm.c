@@ -224,6 +224,15 @@ static bool fsm_closing(craft_t *r)
     return closed;
 }
 
+/* The fsm thread has a message waiting, or its mailbox is closed. */
+static bool fsm_mailbox_busy(craft_t *r)
+{
+    craft__mutex_lock(&r->fsm_mb.mu);
+    bool busy = r->fsm_mb.len > 0 || r->fsm_mb.closed;
+    craft__mutex_unlock(&r->fsm_mb.mu);
+    return busy;
+}
+
 void craft__fsm_apply_inline(craft_t *r)
 {
     fsm_state_t *s = r->fsm_state;
@@ -233,7 +242,7 @@ void craft__fsm_apply_inline(craft_t *r)
         craft__mutex_lock(&r->commit_mu);
         uint64_t target = atomic_load(&r->commit_index);
         if (target <= s->applied || s->failed || round == INLINE_MAX_ROUNDS ||
-            craft__mailbox_len(&r->fsm_mb) > 0 || fsm_closing(r)) {
+            fsm_mailbox_busy(r)) {
             /* Done, or the rest goes to the fsm thread (which also fails
              * what cannot be applied). Under commit_mu: committers post
              * again from here on. */
