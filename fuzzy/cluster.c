@@ -400,7 +400,12 @@ static int open_parts(fz_node_t *nd)
     char sdir[600];
     snprintf(sdir, sizeof sdir, "%s/snaps", nd->dir);
     craft_snapshot_store_t *isnaps;
-    rv = craft_file_snapshot_store_new(sdir, 2, &isnaps);
+    craft_file_snapshot_options_t so;
+    craft_file_snapshot_options_default(&so);
+    so.retain = 2;
+    so.logger = node_logger;
+    so.logger_ctx = nd;
+    rv = craft_file_snapshot_store_open(sdir, &so, &isnaps);
     if (rv != 0) {
         goto err;
     }

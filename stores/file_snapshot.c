@@ -33,8 +33,15 @@
 /* Attempts at finding an unused snapshot name before giving up. */
 #define NAME_ATTEMPTS 100
 
+/* Where the store's messages go (craft_file_snapshot_options_t). */
+typedef struct fs_log {
+    craft_logger_fn fn;
+    void *ctx;
+} fs_log_t;
+
 typedef struct file_store {
     craft_snapshot_store_t iface;
+    fs_log_t log;
     /* Serialises name choice, list, open and close's rename + reap, so a
      * snapshot is never deleted between reading its meta and its data. */
     pthread_mutex_t mu;
@@ -59,6 +66,7 @@ typedef struct file_sink {
 
 typedef struct file_reader {
     craft_reader_t iface;
+    fs_log_t log; /* a copy: readers outlive the store */
     int fd;
     char *id;
     uint64_t want_size;
@@ -74,14 +82,25 @@ typedef struct found {
     craft_snapshot_meta_t *meta;
 } found_t;
 
-static void logmsg(const char *level, const char *fmt, ...)
+/* To the configured logger (component "snapshot"), else warnings and errors
+ * to stderr, as the sqlite store does. */
+__attribute__((format(printf, 3, 4))) static void
+logmsg(const fs_log_t *lg, craft_level_t level, const char *fmt, ...)
 {
     char msg[1024];
     va_list ap;
+    if (lg->fn == NULL && level < CRAFT_LEVEL_WARN) {
+        return;
+    }
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    fprintf(stderr, "[%s] snapshot: %s\n", level, msg);
+    if (lg->fn != NULL) {
+        lg->fn(lg->ctx, level, "snapshot", msg);
+    } else {
+        fprintf(stderr, "[%s] snapshot: %s\n",
+                level >= CRAFT_LEVEL_ERROR ? "ERROR" : "WARN", msg);
+    }
 }
 
 static char *path_join(const char *a, const char *b)
@@ -299,12 +318,14 @@ static int check_snapshot(file_store_t *st, const char *name,
     }
     rv = meta_read(dir, meta, crc);
     if (rv != 0) {
-        logmsg("WARN", "skipping snapshot with unreadable %s: dir=%s/%s error=%s",
-               META_FILE, st->path, name, craft_strerror(rv));
+        logmsg(&st->log, CRAFT_LEVEL_WARN,
+               "skipping snapshot with unreadable %s: dir=%s/%s error=%s", META_FILE,
+               st->path, name, craft_strerror(rv));
         goto out;
     }
     if (strcmp((*meta)->id, name) != 0) {
-        logmsg("WARN", "skipping snapshot whose id does not match its directory: dir=%s/%s",
+        logmsg(&st->log, CRAFT_LEVEL_WARN,
+               "skipping snapshot whose id does not match its directory: dir=%s/%s",
                st->path, name);
         rv = CRAFT_ECORRUPT;
         goto err_after_meta;
@@ -316,8 +337,9 @@ static int check_snapshot(file_store_t *st, const char *name,
     }
     if (stat(state, &sb) != 0 || !S_ISREG(sb.st_mode) ||
         sb.st_size != (*meta)->size) {
-        logmsg("WARN", "skipping snapshot with missing or short %s: dir=%s/%s",
-               STATE_FILE, st->path, name);
+        logmsg(&st->log, CRAFT_LEVEL_WARN,
+               "skipping snapshot with missing or short %s: dir=%s/%s", STATE_FILE,
+               st->path, name);
         rv = CRAFT_ECORRUPT;
         goto err_after_meta;
     }
@@ -342,8 +364,9 @@ static int scan(file_store_t *st, found_t **out, size_t *n_out)
     int rv = 0;
 
     if (d == NULL) {
-        logmsg("ERROR", "cannot read snapshot directory: dir=%s error=%s",
-               st->path, strerror(errno));
+        logmsg(&st->log, CRAFT_LEVEL_ERROR,
+               "cannot read snapshot directory: dir=%s error=%s", st->path,
+               strerror(errno));
         return CRAFT_EIO;
     }
     while ((e = readdir(d)) != NULL) {
@@ -409,13 +432,13 @@ static int reap(file_store_t *st)
             rv = CRAFT_ENOMEM;
             break;
         }
-        logmsg("INFO", "reaping snapshot: path=%s", dir);
+        logmsg(&st->log, CRAFT_LEVEL_INFO, "reaping snapshot: path=%s", dir);
         /* Renamed out of sight first, so a crash halfway through the
          * removal leaves a .tmp directory (removed at the next open), not a
          * half-deleted snapshot. */
         if (rename(dir, doomed) != 0 || remove_tree(doomed) != 0) {
-            logmsg("ERROR", "failed to reap snapshot: path=%s error=%s", dir,
-                   strerror(errno));
+            logmsg(&st->log, CRAFT_LEVEL_ERROR,
+                   "failed to reap snapshot: path=%s error=%s", dir, strerror(errno));
             rv = CRAFT_EIO;
         }
         free(doomed);
@@ -444,10 +467,11 @@ static int remove_stale_tmp(file_store_t *st)
             rv = CRAFT_ENOMEM;
             break;
         }
-        logmsg("INFO", "removing incomplete snapshot: path=%s", p);
+        logmsg(&st->log, CRAFT_LEVEL_INFO, "removing incomplete snapshot: path=%s", p);
         if (remove_tree(p) != 0) {
-            logmsg("ERROR", "failed to remove incomplete snapshot: path=%s error=%s",
-                   p, strerror(errno));
+            logmsg(&st->log, CRAFT_LEVEL_ERROR,
+                   "failed to remove incomplete snapshot: path=%s error=%s", p,
+                   strerror(errno));
             rv = CRAFT_EIO;
         }
         free(p);
@@ -475,8 +499,8 @@ static void sink_free(file_sink_t *k)
 
 static void sink_fail(file_sink_t *k, const char *what)
 {
-    logmsg("ERROR", "%s failed: path=%s error=%s", what, k->tmp_path,
-           strerror(errno));
+    logmsg(&k->store->log, CRAFT_LEVEL_ERROR, "%s failed: path=%s error=%s", what,
+           k->tmp_path, strerror(errno));
     k->err = CRAFT_EIO;
 }
 
@@ -602,8 +626,9 @@ static int sink_close(void *ctx)
          * failure for a snapshot that list would show. */
         sink_fail(k, "syncing snapshots directory");
         if (remove_tree(k->final_path) != 0) {
-            logmsg("ERROR", "failed to remove snapshot: path=%s error=%s",
-                   k->final_path, strerror(errno));
+            logmsg(&k->store->log, CRAFT_LEVEL_ERROR,
+                   "failed to remove snapshot: path=%s error=%s", k->final_path,
+                   strerror(errno));
         }
         pthread_mutex_unlock(&st->mu);
         goto err;
@@ -611,7 +636,8 @@ static int sink_close(void *ctx)
     rv = reap(st);
     pthread_mutex_unlock(&st->mu);
     if (rv != 0) {
-        logmsg("WARN", "failed to reap old snapshots: error=%s", craft_strerror(rv));
+        logmsg(&k->store->log, CRAFT_LEVEL_WARN,
+               "failed to reap old snapshots: error=%s", craft_strerror(rv));
     }
     sink_free(k);
     return 0;
@@ -623,8 +649,9 @@ err:
         k->fd = -1;
     }
     if (remove_tree(k->tmp_path) != 0) {
-        logmsg("ERROR", "failed to remove incomplete snapshot: path=%s error=%s",
-               k->tmp_path, strerror(errno));
+        logmsg(&k->store->log, CRAFT_LEVEL_ERROR,
+               "failed to remove incomplete snapshot: path=%s error=%s", k->tmp_path,
+               strerror(errno));
     }
     sink_free(k);
     return rv;
@@ -639,8 +666,9 @@ static int sink_cancel(void *ctx)
         k->fd = -1;
     }
     if (remove_tree(k->tmp_path) != 0) {
-        logmsg("ERROR", "failed to remove cancelled snapshot: path=%s error=%s",
-               k->tmp_path, strerror(errno));
+        logmsg(&k->store->log, CRAFT_LEVEL_ERROR,
+               "failed to remove cancelled snapshot: path=%s error=%s", k->tmp_path,
+               strerror(errno));
         rv = CRAFT_EIO;
     }
     sink_free(k);
@@ -681,12 +709,13 @@ static int sink_make_dir(file_store_t *st, file_sink_t *k, uint64_t term,
             return 0;
         }
         if (errno != EEXIST) {
-            logmsg("ERROR", "failed to create snapshot directory: path=%s error=%s",
-                   k->tmp_path, strerror(errno));
+            logmsg(&st->log, CRAFT_LEVEL_ERROR,
+                   "failed to create snapshot directory: path=%s error=%s", k->tmp_path,
+                   strerror(errno));
             return CRAFT_EIO;
         }
     }
-    logmsg("ERROR", "no free snapshot name: dir=%s", st->path);
+    logmsg(&st->log, CRAFT_LEVEL_ERROR, "no free snapshot name: dir=%s", st->path);
     return CRAFT_EIO;
 }
 
@@ -696,8 +725,9 @@ static int sink_make_dir(file_store_t *st, file_sink_t *k, uint64_t term,
 
 static int reader_fail(file_reader_t *r, int err, const char *why)
 {
-    logmsg("ERROR", "snapshot %s: id=%s read=%" PRIu64 " size=%" PRIu64,
-           why, r->id, r->got_size, r->want_size);
+    logmsg(&r->log, CRAFT_LEVEL_ERROR,
+           "snapshot %s: id=%s read=%" PRIu64 " size=%" PRIu64, why, r->id, r->got_size,
+           r->want_size);
     r->err = err;
     return err;
 }
@@ -900,6 +930,7 @@ static int store_open(void *ctx, const char *id, craft_snapshot_meta_t **meta,
         return CRAFT_ENOMEM;
     }
     r->fd = -1;
+    r->log = st->log;
     r->id = strdup(id);
     dir = path_join(st->path, id);
     if (r->id == NULL || dir == NULL) {
@@ -911,14 +942,15 @@ static int store_open(void *ctx, const char *id, craft_snapshot_meta_t **meta,
     rv = meta_read(dir, &m, &crc);
     if (rv != 0) {
         if (rv != CRAFT_ENOTFOUND) {
-            logmsg("ERROR", "failed to read snapshot meta: id=%s error=%s", id,
+            logmsg(&st->log, CRAFT_LEVEL_ERROR,
+                   "failed to read snapshot meta: id=%s error=%s", id,
                    craft_strerror(rv));
         }
         goto err_after_lock;
     }
     if (strcmp(m->id, id) != 0) {
-        logmsg("ERROR", "snapshot meta names another snapshot: id=%s meta_id=%s",
-               id, m->id);
+        logmsg(&st->log, CRAFT_LEVEL_ERROR,
+               "snapshot meta names another snapshot: id=%s meta_id=%s", id, m->id);
         rv = CRAFT_ECORRUPT;
         goto err_after_lock;
     }
@@ -930,7 +962,8 @@ static int store_open(void *ctx, const char *id, craft_snapshot_meta_t **meta,
     r->fd = open(state, O_RDONLY | O_CLOEXEC);
     if (r->fd < 0) {
         rv = errno == ENOENT ? CRAFT_ECORRUPT : CRAFT_EIO;
-        logmsg("ERROR", "failed to open snapshot data: path=%s error=%s", state,
+        logmsg(&st->log, CRAFT_LEVEL_ERROR,
+               "failed to open snapshot data: path=%s error=%s", state,
                strerror(errno));
         goto err_after_lock;
     }
@@ -941,8 +974,9 @@ static int store_open(void *ctx, const char *id, craft_snapshot_meta_t **meta,
         goto err_after_meta;
     }
     if (!S_ISREG(sb.st_mode) || sb.st_size != m->size) {
-        logmsg("ERROR", "snapshot data size mismatch: id=%s size=%" PRId64
-               " meta_size=%" PRId64, id, (int64_t)sb.st_size, m->size);
+        logmsg(&st->log, CRAFT_LEVEL_ERROR,
+               "snapshot data size mismatch: id=%s size=%" PRId64 " meta_size=%" PRId64,
+               id, (int64_t)sb.st_size, m->size);
         rv = CRAFT_ECORRUPT;
         goto err_after_meta;
     }
@@ -980,24 +1014,41 @@ static void store_close(void *ctx)
     free(st);
 }
 
+void craft_file_snapshot_options_default(craft_file_snapshot_options_t *o)
+{
+    memset(o, 0, sizeof *o);
+}
+
 /* hashicorp's NewFileSnapshotStore: create the directory, test that it is
  * writable (perm.test), and here also drop leftovers of interrupted
  * snapshots. */
-int craft_file_snapshot_store_new(const char *dir, int retain,
-                                  craft_snapshot_store_t **out)
+int craft_file_snapshot_store_open(const char *dir,
+                                   const craft_file_snapshot_options_t *opts,
+                                   craft_snapshot_store_t **out)
 {
+    craft_file_snapshot_options_t o;
     file_store_t *st;
     char *perm;
     int fd, rv;
 
-    if (dir == NULL || dir[0] == '\0' || retain < 1 || out == NULL) {
+    if (opts != NULL) {
+        o = *opts;
+    } else {
+        craft_file_snapshot_options_default(&o);
+    }
+    if (o.retain == 0) {
+        o.retain = CRAFT_FILE_SNAPSHOT_RETAIN_DEFAULT;
+    }
+    if (dir == NULL || dir[0] == '\0' || o.retain < 1 || out == NULL) {
         return CRAFT_EINVAL;
     }
     st = calloc(1, sizeof *st);
     if (st == NULL) {
         return CRAFT_ENOMEM;
     }
-    st->retain = retain;
+    st->retain = o.retain;
+    st->log.fn = o.logger;
+    st->log.ctx = o.logger_ctx;
     st->path = path_join(dir, SNAPSHOTS_DIR);
     if (st->path == NULL) {
         rv = CRAFT_ENOMEM;
@@ -1005,8 +1056,9 @@ int craft_file_snapshot_store_new(const char *dir, int retain,
     }
     if (mkdir_all(st->path) != 0) {
         rv = errno == ENOMEM ? CRAFT_ENOMEM : CRAFT_EIO;
-        logmsg("ERROR", "cannot create snapshot directory: path=%s error=%s",
-               st->path, strerror(errno));
+        logmsg(&st->log, CRAFT_LEVEL_ERROR,
+               "cannot create snapshot directory: path=%s error=%s", st->path,
+               strerror(errno));
         goto err_after_store;
     }
     perm = path_join(st->path, PERM_TEST_FILE);
@@ -1016,16 +1068,18 @@ int craft_file_snapshot_store_new(const char *dir, int retain,
     }
     fd = open(perm, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) {
-        logmsg("ERROR", "snapshot directory is not writable: path=%s error=%s",
-               st->path, strerror(errno));
+        logmsg(&st->log, CRAFT_LEVEL_ERROR,
+               "snapshot directory is not writable: path=%s error=%s", st->path,
+               strerror(errno));
         free(perm);
         rv = CRAFT_EIO;
         goto err_after_store;
     }
     close(fd);
     if (unlink(perm) != 0) {
-        logmsg("ERROR", "cannot remove permission test file: path=%s error=%s",
-               perm, strerror(errno));
+        logmsg(&st->log, CRAFT_LEVEL_ERROR,
+               "cannot remove permission test file: path=%s error=%s", perm,
+               strerror(errno));
         free(perm);
         rv = CRAFT_EIO;
         goto err_after_store;
@@ -1051,6 +1105,18 @@ err_after_store:
     free(st->path);
     free(st);
     return rv;
+}
+
+int craft_file_snapshot_store_new(const char *dir, int retain,
+                                  craft_snapshot_store_t **out)
+{
+    craft_file_snapshot_options_t o;
+    if (retain < 1) {
+        return CRAFT_EINVAL; /* 0 would mean "the default" to _open */
+    }
+    craft_file_snapshot_options_default(&o);
+    o.retain = retain;
+    return craft_file_snapshot_store_open(dir, &o, out);
 }
 
 int craft_file_snapshot_verify(craft_snapshot_store_t *store, const char *id)

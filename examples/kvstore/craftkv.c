@@ -419,7 +419,11 @@ int main(int argc, char **argv)
         logf_(CRAFT_LEVEL_ERROR, "cannot open %s: %s", db, craft_strerror(rv));
         goto out;
     }
-    if ((rv = craft_file_snapshot_store_new(opt.dir, SNAPSHOTS_RETAINED, &snaps)) != 0) {
+    craft_file_snapshot_options_t fo;
+    craft_file_snapshot_options_default(&fo);
+    fo.retain = SNAPSHOTS_RETAINED;
+    fo.logger = log_line;
+    if ((rv = craft_file_snapshot_store_open(opt.dir, &fo, &snaps)) != 0) {
         logf_(CRAFT_LEVEL_ERROR, "cannot open snapshot store in %s: %s", opt.dir,
               craft_strerror(rv));
         goto out;

@@ -36,16 +36,39 @@
 extern "C" {
 #endif
 
+/* How many snapshots a store keeps when the options say 0. */
+#define CRAFT_FILE_SNAPSHOT_RETAIN_DEFAULT 2
+
+/* Options for craft_file_snapshot_store_open. A zeroed struct means the
+ * defaults, so fields added later keep the meaning of zero. */
+typedef struct craft_file_snapshot_options {
+    /* Number of newest snapshots kept; 0 = CRAFT_FILE_SNAPSHOT_RETAIN_DEFAULT.
+     * Older ones are deleted when a new snapshot is closed. */
+    int retain;
+    /* Where the store's messages go (component "snapshot"): INFO when it
+     * deletes a snapshot by retention or a leftover of an interrupted one,
+     * WARN/ERROR on failures and skipped snapshots. NULL = stderr lines
+     * "[LEVEL] snapshot: message" for warnings and errors only. Called on
+     * the thread making the call (readers included); must be thread-safe
+     * and, with `logger_ctx`, outlive the store and every reader it opened. */
+    craft_logger_fn logger;
+    void *logger_ctx;
+} craft_file_snapshot_options_t;
+
+/* Fills `o` with the defaults (all zero). */
+void craft_file_snapshot_options_default(craft_file_snapshot_options_t *o);
+
 /* Opens (creating `<dir>/snapshots` and its parents when missing) a file
- * snapshot store keeping the `retain` newest snapshots. `dir` is copied.
- * Checks that the directory is writable and removes the `.tmp` directories
- * left by interrupted snapshots. Problems are logged to stderr.
+ * snapshot store keeping the `retain` newest snapshots. `dir` is copied;
+ * `opts` is borrowed for the call (NULL = defaults). Checks that the
+ * directory is writable and removes the `.tmp` directories left by
+ * interrupted snapshots.
  *
  * The store's operations, beyond the craft_snapshot_store_t contract:
  *  - list: newest first (by term, then index, then id), at most `retain`
  *    entries; directories whose meta.json is missing or unreadable, or
  *    whose state.bin is missing or not of the recorded size, are skipped
- *    with a message on stderr.
+ *    with a warning logged.
  *  - open: CRAFT_EINVAL for an id that is empty or contains '/' or "..";
  *    CRAFT_ENOTFOUND when there is no such (complete) snapshot;
  *    CRAFT_ECORRUPT when meta.json is malformed or state.bin is missing or
@@ -60,12 +83,18 @@ extern "C" {
  *    A failure to delete old snapshots after a successful close is logged,
  *    not returned: the new snapshot is durable.
  *
- * Returns 0, CRAFT_EINVAL (NULL/empty dir, retain < 1, NULL out),
+ * Returns 0, CRAFT_EINVAL (NULL/empty dir, retain < 0, NULL out),
  * CRAFT_EIO (cannot create or write the directory) or CRAFT_ENOMEM. */
+int craft_file_snapshot_store_open(const char *dir,
+                                   const craft_file_snapshot_options_t *opts,
+                                   craft_snapshot_store_t **out);
+
+/* craft_file_snapshot_store_open with `retain` (>= 1, else CRAFT_EINVAL) and
+ * no logger: warnings and errors go to stderr. */
 int craft_file_snapshot_store_new(const char *dir, int retain,
                                   craft_snapshot_store_t **out);
 
-/* Reads snapshot `id` of a store made by craft_file_snapshot_store_new
+/* Reads snapshot `id` of a store made by craft_file_snapshot_store_open/_new
  * through to the end, checking meta, size and CRC without returning or
  * holding the data. Returns 0, CRAFT_EINVAL (not a file snapshot store, bad
  * id), CRAFT_ENOTFOUND, CRAFT_ECORRUPT, CRAFT_EIO or CRAFT_ENOMEM. */

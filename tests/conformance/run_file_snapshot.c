@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1145,6 +1146,91 @@ START_TEST(test_reader_outlives_store)
 }
 END_TEST
 
+/* The options: retain 0 means the default, a negative one is refused, and
+ * every message goes to the logger (INFO included), readers' after the store
+ * is closed too. Without a logger INFO is dropped (checked by the absence of
+ * any call, as stderr is not captured). */
+typedef struct captured {
+    pthread_mutex_t mu;
+    int n;
+    int info, errors;
+    char last[512];
+} captured_t;
+
+static void capture(void *ctx, craft_level_t level, const char *component,
+                    const char *message)
+{
+    captured_t *c = ctx;
+    pthread_mutex_lock(&c->mu);
+    c->n++;
+    c->info += level == CRAFT_LEVEL_INFO;
+    c->errors += level >= CRAFT_LEVEL_ERROR;
+    ck_assert_str_eq(component, "snapshot");
+    snprintf(c->last, sizeof c->last, "%s", message);
+    pthread_mutex_unlock(&c->mu);
+}
+
+START_TEST(test_options_and_logger)
+{
+    captured_t cap = {PTHREAD_MUTEX_INITIALIZER, 0, 0, 0, ""};
+    craft_file_snapshot_options_t o;
+    craft_snapshot_store_t *s = NULL;
+    craft_snapshot_meta_t *m;
+    craft_reader_t *r;
+    char *ids[4], *tmp, *state;
+    uint64_t total;
+
+    craft_file_snapshot_options_default(&o);
+    ck_assert_int_eq(o.retain, 0);
+    ck_assert(o.logger == NULL);
+    o.retain = -1;
+    ck_assert_int_eq(craft_file_snapshot_store_open(dir, &o, &s), CRAFT_EINVAL);
+    ck_assert_int_eq(craft_file_snapshot_store_open(NULL, NULL, &s), CRAFT_EINVAL);
+    ck_assert_int_eq(craft_file_snapshot_store_open(dir, NULL, NULL), CRAFT_EINVAL);
+    ck_assert_ptr_null(s);
+
+    /* NULL options: the default retain. */
+    ck_assert_int_eq(craft_file_snapshot_store_open(dir, NULL, &s), 0);
+    for (int i = 0; i < 4; i++) {
+        ids[i] = put(s, 1, (uint64_t)i + 1, 10, (unsigned)i);
+    }
+    ck_assert_uint_eq(list_count(s), CRAFT_FILE_SNAPSHOT_RETAIN_DEFAULT);
+    s->close(s->ctx);
+
+    /* With a logger: a leftover .tmp directory is reported at open, reaping at
+     * close, and a reader's CRC failure after the store is gone. */
+    ck_assert_int_ge(asprintf(&tmp, "%s/snapshots/9-9-9.tmp", dir), 0);
+    ck_assert_int_eq(mkdir(tmp, 0755), 0);
+    o.retain = 1;
+    o.logger = capture;
+    o.logger_ctx = &cap;
+    ck_assert_int_eq(craft_file_snapshot_store_open(dir, &o, &s), 0);
+    ck_assert_int_eq(cap.info, 1);
+    ck_assert_ptr_nonnull(strstr(cap.last, "9-9-9.tmp"));
+    free(ids[0]);
+    ids[0] = put(s, 2, 5, 100, 7);
+    ck_assert_int_eq(cap.info, 1 + CRAFT_FILE_SNAPSHOT_RETAIN_DEFAULT);
+    ck_assert_ptr_nonnull(strstr(cap.last, "reaping snapshot"));
+    ck_assert_int_eq(cap.errors, 0);
+
+    state = snap_path(ids[0], "state.bin");
+    flip_byte(state, 3);
+    ck_assert_int_eq(s->open(s->ctx, ids[0], &m, &r), 0);
+    s->close(s->ctx);
+    ck_assert_int_eq(read_all(r, &total), CRAFT_ECORRUPT);
+    ck_assert_int_eq(cap.errors, 1);
+    ck_assert_ptr_nonnull(strstr(cap.last, ids[0]));
+    r->close(r->ctx);
+    craft_snapshot_meta_free(m);
+
+    free(state);
+    free(tmp);
+    for (int i = 0; i < 4; i++) {
+        free(ids[i]);
+    }
+}
+END_TEST
+
 static Suite *file_store_suite(void)
 {
     Suite *s = suite_create("file_snapshot_store");
@@ -1174,6 +1260,7 @@ static Suite *file_store_suite(void)
     tcase_add_test(tc, test_stale_tmp_and_foreign_entries);
     tcase_add_test(tc, test_retain_lowered_on_reopen);
     tcase_add_test(tc, test_reader_outlives_store);
+    tcase_add_test(tc, test_options_and_logger);
     suite_add_tcase(s, tc);
     return s;
 }

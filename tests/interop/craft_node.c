@@ -396,7 +396,11 @@ int main(int argc, char **argv)
         fprintf(stderr, "craft_node: stores: %s\n", craft_strerror(rv));
         return 1;
     }
-    rv = craft_file_snapshot_store_new(dir, 2, &snaps);
+    craft_file_snapshot_options_t fo;
+    craft_file_snapshot_options_default(&fo);
+    fo.retain = 2;
+    fo.logger = logger;
+    rv = craft_file_snapshot_store_open(dir, &fo, &snaps);
     if (rv != 0) {
         fprintf(stderr, "craft_node: snapshots: %s\n", craft_strerror(rv));
         return 1;
