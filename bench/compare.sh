@@ -5,12 +5,15 @@
 #
 #   bench/compare.sh [-s SECONDS] [-w WARMUP] [-r REPEATS] [-c "1 16 64"]
 #                    [-p "64 1024"] [-m "durable inmem"] [-b BUILDDIR]
-#                    [-o RESULTS.jsonl] [-a] [-i]
+#                    [-o RESULTS.jsonl] [-a] [-i] [-S US]
 # -a: craft's clients are completion callbacks (craft-bench --async) instead
 #     of one OS thread each; hashicorp's are goroutines either way.
 # -i: craft applies committed entries on the committing thread
 #     (craft-bench --apply-inline, config.apply_inline: the benchmark's FSM
 #     only counts bytes); hashicorp has no such option.
+# -S US: craft's waiting client threads poll their future for up to US
+#     microseconds before sleeping (craft-bench --wait-spin-us,
+#     config.wait_spin_us); Go's scheduler spins on its own.
 #
 # Modes (both over TCP on 127.0.0.1, 3 nodes, timeouts 100/100/50 ms):
 #   durable  craft --store sqlite (durability full)  vs  hashicorp bolt
@@ -42,7 +45,8 @@ build=${BUILD:-/tmp/build-bench-compare}
 out=""
 async=""
 inline=""
-while getopts s:w:r:c:p:m:b:o:ai o; do
+spin=""
+while getopts s:w:r:c:p:m:b:o:aiS: o; do
     case $o in
     s) secs=$OPTARG ;;
     w) warm=$OPTARG ;;
@@ -54,7 +58,8 @@ while getopts s:w:r:c:p:m:b:o:ai o; do
     o) out=$OPTARG ;;
     a) async="--async" ;;
     i) inline="--apply-inline" ;;
-    *) sed -n '2,30p' "$0" >&2; exit 2 ;;
+    S) spin="--wait-spin-us $OPTARG" ;;
+    *) sed -n '2,33p' "$0" >&2; exit 2 ;;
     esac
 done
 [ -n "$out" ] || out=$(mktemp /tmp/compare-XXXXXX.jsonl)
@@ -73,11 +78,12 @@ hashi="$build/hashicorp-bench"
 echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ) $(uname -r) nproc=$(nproc) $(go version | cut -d' ' -f3)"
 if [ -n "$async" ]; then kind="callbacks (--async)"; else kind="one thread each"; fi
 if [ -n "$inline" ]; then kind="$kind, apply_inline"; fi
+if [ -n "$spin" ]; then kind="$kind, wait_spin_us ${spin#--wait-spin-us }"; fi
 echo "# craft $(git -C "$src" rev-parse --short HEAD 2>/dev/null || echo '?'), ${secs}s per cell, ${warm}s warm-up, $reps repeats, craft clients: $kind, results in $out"
 
 run() { # impl transport store clients payload
     extra=""
-    if [ "$1" = craft ]; then bin=$craft; extra="$async $inline"; else bin=$hashi; fi
+    if [ "$1" = craft ]; then bin=$craft; extra="$async $inline $spin"; else bin=$hashi; fi
     # shellcheck disable=SC2086 # $extra is flags or nothing
     line=$("$bin" --transport "$2" --store "$3" --clients "$4" --payload "$5" \
         --seconds "$secs" --warmup "$warm" --progress-ms 0 $extra 2>>"$out.stderr") || true

@@ -8,7 +8,7 @@
  *               [--lease-ms L] [--commit-ms T] [--max-append M]
  *               [--max-inflight I] [--max-uncommitted U] [--dir DIR]
  *               [--progress-ms MS] [--no-election] [--stats] [--verbose]
- *               [--async] [--apply-inline]
+ *               [--async] [--apply-inline] [--wait-spin-us US]
  *
  * C client threads each keep K applies of P bytes outstanding against the
  * leader (closed loop; K = 1 by default: apply, wait, repeat). A client
@@ -70,6 +70,7 @@ typedef struct opts {
     bool stats;
     bool async; /* clients driven by completion callbacks, no thread each */
     bool apply_inline; /* config.apply_inline */
+    int64_t wait_spin_us; /* config.wait_spin_us */
 } opts_t;
 
 static opts_t O = {
@@ -320,6 +321,7 @@ static void node_config(node_t *n, craft_config_t *c)
         c->max_inflight = O.max_inflight;
     }
     c->apply_inline = O.apply_inline;
+    c->wait_spin_us = O.wait_spin_us;
     if (O.max_uncommitted >= 0) {
         c->max_uncommitted = (uint64_t)O.max_uncommitted;
     }
@@ -840,7 +842,7 @@ static void usage(const char *argv0)
             "  [--heartbeat-ms 100] [--election-ms 100] [--lease-ms 50] [--commit-ms T]\n"
             "  [--max-append M] [--max-inflight I] [--max-uncommitted U] [--dir DIR]\n"
             "  [--progress-ms 1000] [--no-election] [--stats] [--verbose] [--async]\n"
-            "  [--apply-inline]\n",
+            "  [--apply-inline] [--wait-spin-us US]\n",
             argv0);
     exit(2);
 }
@@ -881,6 +883,8 @@ static void parse(int argc, char **argv)
             O.max_inflight = atoi(v);
         } else if (OPT("--max-uncommitted")) {
             O.max_uncommitted = atoll(v);
+        } else if (OPT("--wait-spin-us")) {
+            O.wait_spin_us = atoll(v);
         } else if (OPT("--dir")) {
             O.dir = v;
         } else if (OPT("--progress-ms")) {
@@ -1033,13 +1037,14 @@ int main(int argc, char **argv)
     }
 
     printf("{\"impl\":\"craft\",\"nodes\":%d,\"transport\":\"%s\",\"store\":\"%s\","
-           "\"clients\":%d,\"depth\":%d,\"async\":%s,\"apply_inline\":%s,\"payload\":%zu,"
+           "\"clients\":%d,\"depth\":%d,\"async\":%s,\"apply_inline\":%s,"
+           "\"wait_spin_us\":%lld,\"payload\":%zu,"
            "\"seconds\":%.2f,"
            "\"ops\":%llu,\"ops_per_sec\":%.1f,\"p50_us\":%llu,\"p99_us\":%llu,"
            "\"max_us\":%llu,\"election_ms\":%.1f,\"rss_kb\":%ld,"
            "\"rss_peak_kb\":%ld,\"rss_anon_kb\":%ld,\"retries\":%llu,\"failures\":%llu}\n",
            O.nodes, O.transport, O.store, O.clients, O.depth, O.async ? "true" : "false",
-           O.apply_inline ? "true" : "false",
+           O.apply_inline ? "true" : "false", (long long)O.wait_spin_us,
            O.payload, window,
            (unsigned long long)ops, (double)ops / window,
            (unsigned long long)hist_pct(all, 0.50),

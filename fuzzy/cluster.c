@@ -459,6 +459,8 @@ static void node_config(fz_node_t *nd, craft_config_t *conf)
     /* Both ways of applying committed entries: the fsm thread, or the
      * committing thread (apply_inline), per node and incarnation. */
     conf->apply_inline = ((nd->c->o.seed + nd->slot + nd->incarnation) & 1) != 0;
+    /* And with or without polling futures before sleeping. */
+    conf->wait_spin_us = ((nd->c->o.seed + nd->slot + nd->incarnation) & 2) != 0 ? 200 : 0;
 }
 
 static int start_node(fz_node_t *nd)

@@ -376,6 +376,10 @@ static craft_future_t *submit_future(craft_t *r, craft_future_t *f, int type,
                                      int64_t timeout_ms)
 {
     f->msg.type = type;
+    if (type == CRAFT__RUN_APPLY || type == CRAFT__RUN_VERIFY ||
+        type == CRAFT__RUN_READ_INDEX) {
+        f->spin_ns = CRAFT__US(r->conf.wait_spin_us);
+    }
     if (timeout_ms > 0) {
         const int64_t max_ms = (int64_t)365 * 24 * 3600 * 1000;
         f->deadline_ns = f->enqueued_ns + CRAFT__MS(timeout_ms < max_ms ? timeout_ms : max_ms);

@@ -25,6 +25,7 @@ void craft_config_default(craft_config_t *c)
     c->max_inflight = 2;
     c->max_uncommitted = 4096;
     c->apply_inline = false;
+    c->wait_spin_us = 0;
 }
 
 static const char *check(const craft_config_t *c)
@@ -70,6 +71,9 @@ static const char *check(const craft_config_t *c)
     }
     if (c->max_inflight < 1 || c->max_inflight > 1024) {
         return "max_inflight must be in 1..1024";
+    }
+    if (c->wait_spin_us < 0 || c->wait_spin_us > 10000) {
+        return "wait_spin_us must be in 0..10000";
     }
     return NULL;
 }

@@ -5,6 +5,8 @@
 #ifndef CRAFT_LIB_FUTURE_H
 #define CRAFT_LIB_FUTURE_H
 
+#include <stdatomic.h>
+
 #include "craft.h"
 #include "lib/entry.h"
 #include "lib/mailbox.h"
@@ -31,7 +33,11 @@ struct craft_future {
     craft__cond_t cond;
     int refs;
     bool done;
+    atomic_bool completed; /* `done` for spinning waiters, set after it */
     int err;
+    /* craft_future_wait may poll this long before sleeping
+     * (config.wait_spin_us); set before the future is handed out. */
+    int64_t spin_ns;
     craft__future_kind_t kind;
     uint64_t index;
     void *response;
@@ -60,6 +66,18 @@ craft_future_t *craft__future_new(craft__future_kind_t kind);
 /* Completes (first call only; later calls are ignored and return false) and
  * drops craft's reference. Runs the on_done callback. */
 bool craft__future_complete(craft_future_t *f, int err);
+/* The process-wide state of spinning waits (config.wait_spin_us), for
+ * tests: threads waiting on spin-enabled futures, threads spinning now,
+ * spins begun, spins that saw the completion, average wait. */
+typedef struct {
+    int waiting;
+    int spinning;
+    uint64_t spins;
+    uint64_t hits;
+    int64_t wait_avg_ns;
+} craft__spin_counters_t;
+void craft__future_spin_counters(craft__spin_counters_t *out);
+
 /* A future that has already failed with `err` (still owned by the caller).
  * NULL on ENOMEM. */
 craft_future_t *craft__future_failed(int err);

@@ -53,5 +53,6 @@ void craft__set_craft_thread(void *owner);
 void *craft__craft_thread_owner(void);
 
 #define CRAFT__MS(ms) ((int64_t)(ms) * 1000000)
+#define CRAFT__US(us) ((int64_t)(us) * 1000)
 
 #endif

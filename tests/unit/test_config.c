@@ -36,6 +36,8 @@ START_TEST(test_defaults_match_hashicorp)
     ck_assert(!c.no_snapshot_restore_on_start);
     ck_assert(!c.prevote_disabled);
     ck_assert_int_eq(c.max_inflight, 2);
+    ck_assert(!c.apply_inline);
+    ck_assert_int_eq(c.wait_spin_us, 0);
 }
 END_TEST
 
@@ -81,6 +83,8 @@ static void m_mae_negative(craft_config_t *c) { c->max_append_entries = -3; }
 static void m_mae_1025(craft_config_t *c) { c->max_append_entries = 1025; }
 static void m_inflight_zero(craft_config_t *c) { c->max_inflight = 0; }
 static void m_inflight_1025(craft_config_t *c) { c->max_inflight = 1025; }
+static void m_spin_negative(craft_config_t *c) { c->wait_spin_us = -1; }
+static void m_spin_10001(craft_config_t *c) { c->wait_spin_us = 10001; }
 static void m_protocol_2(craft_config_t *c) { c->protocol_version = 2; }
 static void m_protocol_4(craft_config_t *c) { c->protocol_version = 4; }
 static void m_protocol_0(craft_config_t *c) { c->protocol_version = 0; }
@@ -111,6 +115,8 @@ static const rule_t rules[] = {
     {"max_append_entries 1025", m_mae_1025, "max_append_entries"},
     {"max_inflight 0", m_inflight_zero, "max_inflight"},
     {"max_inflight 1025", m_inflight_1025, "max_inflight"},
+    {"wait_spin_us -1", m_spin_negative, "wait_spin_us"},
+    {"wait_spin_us 10001", m_spin_10001, "wait_spin_us"},
     {"protocol 2", m_protocol_2, "protocol_version"},
     {"protocol 4", m_protocol_4, "protocol_version"},
     {"protocol 0", m_protocol_0, "protocol_version"},
@@ -151,6 +157,7 @@ START_TEST(test_limits_accepted)
     ck_assert_int_eq(craft_config_validate(&c, NULL), 0);
     c.max_append_entries = 1024;
     c.max_inflight = 1024;
+    c.wait_spin_us = 10000;
     ck_assert_int_eq(craft_config_validate(&c, NULL), 0);
     /* lease == heartbeat and election == heartbeat are allowed. */
     valid_config(&c);

@@ -630,6 +630,110 @@ START_TEST(test_many_waiters)
 }
 END_TEST
 
+/* ---- spinning waits (config.wait_spin_us) ---- */
+
+static bool someone_waiting(void *arg)
+{
+    int want = *(int *)arg;
+    craft__spin_counters_t sc;
+    craft__future_spin_counters(&sc);
+    return sc.waiting >= want;
+}
+
+/* Starts a waiter without requiring it to sleep (it may be spinning). */
+static void start_spin_waiter(waiter_t *w, pthread_t *th, craft_future_t *f,
+                              int64_t timeout_ms)
+{
+    w->f = f;
+    w->timeout_ms = timeout_ms;
+    atomic_init(&w->tid, 0);
+    atomic_init(&w->returned, 0);
+    w->result = 12345;
+    ck_assert_int_eq(pthread_create(th, NULL, waiter_main, w), 0);
+}
+
+/* A lone waiter with a long budget spins, and its spin sees the completion
+ * (the budget is minutes, so it cannot have given up first). The counters
+ * of waiting and spinning threads return to zero. */
+START_TEST(test_spin_sees_completion)
+{
+    craft__spin_counters_t before, after;
+    craft__future_spin_counters(&before);
+    for (int round = 0; round < 2; round++) {
+        craft_future_t *f = craft__future_new(CRAFT__FUT_APPLY);
+        waiter_t w;
+        pthread_t th;
+        int one = 1;
+        f->spin_ns = CRAFT__MS(120000);
+        start_spin_waiter(&w, &th, f, round == 0 ? -1 : 600000);
+        ck_assert(tu_wait_for(someone_waiting, &one, 10000));
+        f->index = 42;
+        ck_assert(craft__future_complete(f, CRAFT_ENOTLEADER));
+        pthread_join(th, NULL);
+        ck_assert_int_eq(w.result, CRAFT_ENOTLEADER);
+        ck_assert_uint_eq(craft_future_index(f), 42);
+        craft_future_free(f);
+    }
+    craft__future_spin_counters(&after);
+    ck_assert_int_eq(after.waiting, 0);
+    ck_assert_int_eq(after.spinning, 0);
+    ck_assert_uint_eq(after.spins - before.spins, 2);
+    ck_assert_uint_eq(after.hits - before.hits, 2);
+    ck_assert_int_ge(after.wait_avg_ns, 0);
+}
+END_TEST
+
+/* wait_for's deadline bounds the spin: a budget of minutes still returns
+ * CRAFT_EPENDING at the deadline, and the future still completes later. */
+START_TEST(test_spin_bounded_by_deadline)
+{
+    craft_future_t *f = craft__future_new(CRAFT__FUT_APPLY);
+    craft__spin_counters_t sc;
+    f->spin_ns = CRAFT__MS(120000);
+    int64_t start = craft__now_ns();
+    ck_assert_int_eq(craft_future_wait_for(f, 20), CRAFT_EPENDING);
+    ck_assert_int_ge(craft__now_ns() - start, CRAFT__MS(20));
+    ck_assert_int_eq(craft_future_wait_for(f, 0), CRAFT_EPENDING);
+    ck_assert(craft__future_complete(f, 0));
+    ck_assert_int_eq(craft_future_wait(f), 0);
+    craft_future_free(f);
+    craft__future_spin_counters(&sc);
+    ck_assert_int_eq(sc.waiting, 0);
+    ck_assert_int_eq(sc.spinning, 0);
+}
+END_TEST
+
+/* Many waiters at once: no more spin than the limit allows, the rest sleep,
+ * and every one of them returns its own result. */
+START_TEST(test_spin_many_waiters)
+{
+    enum { N = 12 };
+    craft_future_t *f[N];
+    waiter_t w[N];
+    pthread_t th[N];
+    int all = N;
+    for (int i = 0; i < N; i++) {
+        f[i] = craft__future_new(CRAFT__FUT_APPLY);
+        f[i]->spin_ns = CRAFT__MS(2);
+        start_spin_waiter(&w[i], &th[i], f[i], i % 2 == 0 ? -1 : 600000);
+    }
+    ck_assert(tu_wait_for(someone_waiting, &all, 10000));
+    for (int i = 0; i < N; i++) {
+        craft__spin_counters_t sc;
+        craft__future_spin_counters(&sc);
+        ck_assert_int_le(sc.spinning, sysconf(_SC_NPROCESSORS_ONLN) >= 4
+                                          ? sysconf(_SC_NPROCESSORS_ONLN) / 2
+                                          : 1);
+        ck_assert(craft__future_complete(f[i], i % 3 == 0 ? 0 : CRAFT_EABORTED));
+    }
+    for (int i = 0; i < N; i++) {
+        pthread_join(th[i], NULL);
+        ck_assert_int_eq(w[i].result, i % 3 == 0 ? 0 : CRAFT_EABORTED);
+        craft_future_free(f[i]);
+    }
+}
+END_TEST
+
 static Suite *future_suite(void)
 {
     Suite *s = suite_create("future");
@@ -671,6 +775,12 @@ static Suite *future_suite(void)
     tcase_add_test(tc, test_response_released_once);
     tcase_add_test(tc, test_response_release_edge_cases);
     tcase_add_test(tc, test_configuration_accessor);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("spin");
+    tcase_add_test(tc, test_spin_sees_completion);
+    tcase_add_test(tc, test_spin_bounded_by_deadline);
+    tcase_add_test(tc, test_spin_many_waiters);
     suite_add_tcase(s, tc);
     return s;
 }
