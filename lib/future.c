@@ -90,10 +90,11 @@ craft_future_t *craft__future_failed(int err)
  * within a fraction of a microsecond. Polling burns the CPU the work itself
  * may need, so the policy is process-wide, like Go's limit on spinning
  * threads:
- *  - at most max(1, CPUs / 2) threads spin at once, and none while more
- *    threads than that wait: concurrent requests mean work in flight that
- *    needs the CPUs (on 2 vCPUs, 2 closed-loop clients ran 30 % slower
- *    with one of them spinning);
+ *  - at most max(1, CPUs / 2) threads spin at once (counting the CPUs this
+ *    process may run on), and none while more threads than that wait:
+ *    concurrent requests mean work in flight that needs the CPUs (on 2
+ *    vCPUs, 2 closed-loop clients ran 30 % slower with one of them
+ *    spinning); a spinner gives up as soon as that happens;
  *  - a thread spins only while the waits that had to wait recently took less
  *    than its budget on average (an exponential moving average over all
  *    spinning-enabled futures): when completions take longer than the
@@ -110,7 +111,11 @@ static int spin_slot_limit(void)
 {
     int n = atomic_load_explicit(&spin_slots, memory_order_relaxed);
     if (n == 0) {
-        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+        /* The CPUs this process may run on (a cpuset or taskset counts). */
+        cpu_set_t set;
+        long cpus = sched_getaffinity(0, sizeof set, &set) == 0
+                        ? CPU_COUNT(&set)
+                        : sysconf(_SC_NPROCESSORS_ONLN);
         n = cpus >= 4 ? (int)(cpus / 2) : 1;
         atomic_store_explicit(&spin_slots, n, memory_order_relaxed);
     }
@@ -188,6 +193,7 @@ static bool spin(craft_future_t *f, int64_t deadline_ns)
 
 void craft__future_spin_counters(craft__spin_counters_t *out)
 {
+    out->limit = spin_slot_limit();
     out->waiting = atomic_load(&waiters);
     out->spinning = atomic_load(&spinners);
     out->spins = atomic_load(&spins);

@@ -67,9 +67,11 @@ craft_future_t *craft__future_new(craft__future_kind_t kind);
  * drops craft's reference. Runs the on_done callback. */
 bool craft__future_complete(craft_future_t *f, int err);
 /* The process-wide state of spinning waits (config.wait_spin_us), for
- * tests: threads waiting on spin-enabled futures, threads spinning now,
- * spins begun, spins that saw the completion, average wait. */
+ * tests: the most threads that may spin, threads waiting on spin-enabled
+ * futures, threads spinning now, spins begun, spins that saw the
+ * completion, average wait. */
 typedef struct {
+    int limit;
     int waiting;
     int spinning;
     uint64_t spins;
