@@ -1,9 +1,7 @@
 #include "lib/future.h"
 
-#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "lib/runtime.h"
 
@@ -16,6 +14,7 @@ craft_future_t *craft__future_new(craft__future_kind_t kind)
     craft__mutex_init(&f->mu);
     craft__cond_init(&f->cond);
     craft__queue_init(&f->link);
+    atomic_init(&f->completed, false);
     f->refs = 2;
     f->kind = kind;
     f->enqueued_ns = craft__now_ns();
@@ -111,12 +110,8 @@ static int spin_slot_limit(void)
 {
     int n = atomic_load_explicit(&spin_slots, memory_order_relaxed);
     if (n == 0) {
-        /* The CPUs this process may run on (a cpuset or taskset counts). */
-        cpu_set_t set;
-        long cpus = sched_getaffinity(0, sizeof set, &set) == 0
-                        ? CPU_COUNT(&set)
-                        : sysconf(_SC_NPROCESSORS_ONLN);
-        n = cpus >= 4 ? (int)(cpus / 2) : 1;
+        int cpus = craft__cpu_count();
+        n = cpus >= 4 ? cpus / 2 : 1;
         atomic_store_explicit(&spin_slots, n, memory_order_relaxed);
     }
     return n;
@@ -142,15 +137,6 @@ static void note_wait(int64_t ns)
 {
     int64_t avg = atomic_load_explicit(&wait_avg_ns, memory_order_relaxed);
     atomic_store_explicit(&wait_avg_ns, avg + (ns - avg) / 8, memory_order_relaxed);
-}
-
-static inline void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
 }
 
 /* Polls `f` for up to its spin_ns (bounded by `deadline_ns`, 0 = none)
@@ -182,7 +168,7 @@ static bool spin(craft_future_t *f, int64_t deadline_ns)
              atomic_load_explicit(&waiters, memory_order_relaxed) > limit)) {
             break;
         }
-        cpu_relax();
+        craft__cpu_relax();
     }
     atomic_fetch_sub_explicit(&spinners, 1, memory_order_relaxed);
     if (done) {

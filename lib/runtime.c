@@ -2,9 +2,11 @@
 #include "lib/runtime.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 int craft__thread_start(craft__thread_t *t, const char *name,
                         void *(*fn)(void *), void *arg)
@@ -92,6 +94,23 @@ bool craft__cond_wait_until(craft__cond_t *c, craft__mutex_t *m, int64_t deadlin
         .tv_nsec = deadline_ns % 1000000000,
     };
     return pthread_cond_timedwait(&c->c, &m->m, &ts) != ETIMEDOUT;
+}
+
+int craft__cpu_count(void)
+{
+    cpu_set_t set;
+    long n = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set)
+                                                         : sysconf(_SC_NPROCESSORS_ONLN);
+    return n >= 1 ? (int)n : 1;
+}
+
+void craft__cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
 }
 
 int64_t craft__now_ns(void)
