@@ -95,7 +95,8 @@ static void *waiter_main(void *arg)
     return NULL;
 }
 
-static void start_waiter(waiter_t *w, pthread_t *th, craft_future_t *f, int64_t timeout_ms)
+/* Starts a waiter without requiring it to sleep (it may be spinning). */
+static void launch_waiter(waiter_t *w, pthread_t *th, craft_future_t *f, int64_t timeout_ms)
 {
     w->f = f;
     w->timeout_ms = timeout_ms;
@@ -103,6 +104,12 @@ static void start_waiter(waiter_t *w, pthread_t *th, craft_future_t *f, int64_t 
     atomic_init(&w->returned, 0);
     w->result = 12345;
     ck_assert_int_eq(pthread_create(th, NULL, waiter_main, w), 0);
+}
+
+/* Starts a waiter and returns once it sleeps in the wait. */
+static void start_waiter(waiter_t *w, pthread_t *th, craft_future_t *f, int64_t timeout_ms)
+{
+    launch_waiter(w, th, f, timeout_ms);
     ck_assert(tu_wait_for(ut_flag_set, &w->tid, 10000));
     ck_assert(ut_wait_blocked((pid_t)atomic_load(&w->tid)));
     ck_assert_int_eq(atomic_load(&w->returned), 0);
@@ -640,18 +647,6 @@ static bool someone_waiting(void *arg)
     return sc.waiting >= want;
 }
 
-/* Starts a waiter without requiring it to sleep (it may be spinning). */
-static void start_spin_waiter(waiter_t *w, pthread_t *th, craft_future_t *f,
-                              int64_t timeout_ms)
-{
-    w->f = f;
-    w->timeout_ms = timeout_ms;
-    atomic_init(&w->tid, 0);
-    atomic_init(&w->returned, 0);
-    w->result = 12345;
-    ck_assert_int_eq(pthread_create(th, NULL, waiter_main, w), 0);
-}
-
 /* A lone waiter with a long budget spins, and its spin sees the completion
  * (the budget is minutes, so it cannot have given up first). The counters
  * of waiting and spinning threads return to zero. */
@@ -665,7 +660,7 @@ START_TEST(test_spin_sees_completion)
         pthread_t th;
         int one = 1;
         f->spin_ns = CRAFT__MS(120000);
-        start_spin_waiter(&w, &th, f, round == 0 ? -1 : 600000);
+        launch_waiter(&w, &th, f, round == 0 ? -1 : 600000);
         ck_assert(tu_wait_for(someone_waiting, &one, 10000));
         f->index = 42;
         ck_assert(craft__future_complete(f, CRAFT_ENOTLEADER));
@@ -715,7 +710,7 @@ START_TEST(test_spin_many_waiters)
     for (int i = 0; i < N; i++) {
         f[i] = craft__future_new(CRAFT__FUT_APPLY);
         f[i]->spin_ns = CRAFT__MS(2);
-        start_spin_waiter(&w[i], &th[i], f[i], i % 2 == 0 ? -1 : 600000);
+        launch_waiter(&w[i], &th[i], f[i], i % 2 == 0 ? -1 : 600000);
     }
     ck_assert(tu_wait_for(someone_waiting, &all, 10000));
     for (int i = 0; i < N; i++) {
