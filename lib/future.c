@@ -143,15 +143,17 @@ static void note_wait(int64_t ns)
  * when the policy allows; true when it completed meanwhile. */
 static bool spin(craft_future_t *f, int64_t deadline_ns)
 {
-    if (f->spin_ns <= 0 ||
+    int64_t now = craft__now_ns();
+    int64_t end = now + f->spin_ns;
+    if (deadline_ns > 0 && deadline_ns < end) {
+        end = deadline_ns;
+    }
+    /* end <= now: wait_for(f, 0) is a poll, not a wait. */
+    if (f->spin_ns <= 0 || end <= now ||
         atomic_load_explicit(&wait_avg_ns, memory_order_relaxed) >= f->spin_ns ||
         atomic_load_explicit(&waiters, memory_order_relaxed) > spin_slot_limit() ||
         !take_spin_slot()) {
         return false;
-    }
-    int64_t end = craft__now_ns() + f->spin_ns;
-    if (deadline_ns > 0 && deadline_ns < end) {
-        end = deadline_ns;
     }
     int limit = spin_slot_limit();
     bool done = false;

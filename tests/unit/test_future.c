@@ -688,7 +688,13 @@ START_TEST(test_spin_bounded_by_deadline)
     int64_t start = craft__now_ns();
     ck_assert_int_eq(craft_future_wait_for(f, 20), CRAFT_EPENDING);
     ck_assert_int_ge(craft__now_ns() - start, CRAFT__MS(20));
+    /* A zero timeout is a poll: no spin begins. */
+    craft__future_spin_counters(&sc);
+    uint64_t spins = sc.spins;
     ck_assert_int_eq(craft_future_wait_for(f, 0), CRAFT_EPENDING);
+    ck_assert_int_eq(craft_future_wait_for(f, -1), CRAFT_EPENDING);
+    craft__future_spin_counters(&sc);
+    ck_assert_uint_eq(sc.spins, spins);
     ck_assert(craft__future_complete(f, 0));
     ck_assert_int_eq(craft_future_wait(f), 0);
     craft_future_free(f);
