@@ -610,7 +610,8 @@ typedef struct craft_transport {
 typedef struct craft_future craft_future_t;
 
 /* Waits for completion; returns its result (0 or CRAFT_E*). Must not be
- * called from a craft callback (it may wait for that very thread). */
+ * called from a craft callback (it may wait for that very thread). On the
+ * futures config.wait_spin_us names, the thread may poll before sleeping. */
 int craft_future_wait(craft_future_t *f);
 /* As craft_future_wait but gives up after timeout_ms, returning
  * CRAFT_EPENDING (the future stays valid and will still complete). This is
