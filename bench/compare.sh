@@ -20,7 +20,8 @@
 #   inmem    craft --store inmem                     vs  hashicorp inmem
 #   inmemtr  both on their in-memory transport and store (not a target)
 # Default: 10 s per cell after a 1 s warm-up, every cell twice (the whole
-# grid once, then again), 48 runs of ~12 s: ~10 minutes. The table shows the
+# grid once, then again), 48 runs of ~12 s: ~10 minutes. Before the grid each
+# program runs once, untimed (3 s, first mode, 1 client), to warm the machine. The table shows the
 # median of the repeats of each cell.
 # Table: ops x = craft/hashicorp ops/s; p99 x = craft/hashicorp p99; rss x =
 # craft/hashicorp VmRSS (per node, same node count); anon x = the same for
@@ -94,6 +95,23 @@ run() { # impl transport store clients payload
     echo "$line" | sed "s/^{/{\"mode\":\"$mode\",\"loadavg\":$load,/" >>"$out"
     echo "$line" >&2
 }
+
+# ---- warm-up, not recorded ----
+# The first runs on a machine that sat idle are slow (page cache, the virtio
+# disk, CPU frequency): in earlier grids the first cell's first run made
+# 0.4-0.6x of its repeat. Both programs run one short untimed round of the
+# first mode first, so that neither starts the grid cold.
+first_mode=${modes%% *}
+case $first_mode in
+durable) wtr=tcp wcs=sqlite whs=bolt ;;
+*) wtr=tcp wcs=inmem whs=inmem ;;
+esac
+for impl in craft hashicorp; do
+    if [ "$impl" = craft ]; then bin=$craft; wstore=$wcs; extra="$async $inline $spin"; else bin=$hashi; wstore=$whs; extra=""; fi
+    # shellcheck disable=SC2086 # $extra is flags or nothing
+    "$bin" --transport "$wtr" --store "$wstore" --clients 1 --payload 64 \
+        --seconds 3 --warmup 1 --progress-ms 0 --no-election $extra >/dev/null 2>>"$out.stderr" || true
+done
 
 n=0
 rep=1
