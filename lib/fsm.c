@@ -216,23 +216,6 @@ void craft__fsm_free(craft_t *r)
     r->fsm_state = NULL;
 }
 
-static bool fsm_closing(craft_t *r)
-{
-    craft__mutex_lock(&r->fsm_mb.mu);
-    bool closed = r->fsm_mb.closed;
-    craft__mutex_unlock(&r->fsm_mb.mu);
-    return closed;
-}
-
-/* The fsm thread has a message waiting, or its mailbox is closed. */
-static bool fsm_mailbox_busy(craft_t *r)
-{
-    craft__mutex_lock(&r->fsm_mb.mu);
-    bool busy = r->fsm_mb.len > 0 || r->fsm_mb.closed;
-    craft__mutex_unlock(&r->fsm_mb.mu);
-    return busy;
-}
-
 void craft__fsm_apply_inline(craft_t *r)
 {
     fsm_state_t *s = r->fsm_state;
@@ -242,7 +225,7 @@ void craft__fsm_apply_inline(craft_t *r)
         craft__mutex_lock(&r->commit_mu);
         uint64_t target = atomic_load(&r->commit_index);
         if (target <= s->applied || s->failed || round == INLINE_MAX_ROUNDS ||
-            fsm_mailbox_busy(r)) {
+            !craft__mailbox_idle(&r->fsm_mb)) {
             /* Done, or the rest goes to the fsm thread (which also fails
              * what cannot be applied). Under commit_mu: committers post
              * again from here on. */
@@ -275,7 +258,7 @@ void *craft__fsm_main(void *arg)
         }
         craft__mutex_lock(&r->fsm_mu);
         /* Once the run thread closed the mailbox, stop applying. */
-        bool closing = fsm_closing(r);
+        bool closing = craft__mailbox_closed(&r->fsm_mb);
         if (m->type != CRAFT__FSM_COMMIT) {
             craft__fsm_req_t *req = (craft__fsm_req_t *)m;
             if (closing) {

@@ -68,3 +68,19 @@ size_t craft__mailbox_len(craft__mailbox_t *mb)
     craft__mutex_unlock(&mb->mu);
     return n;
 }
+
+bool craft__mailbox_closed(craft__mailbox_t *mb)
+{
+    craft__mutex_lock(&mb->mu);
+    bool closed = mb->closed;
+    craft__mutex_unlock(&mb->mu);
+    return closed;
+}
+
+bool craft__mailbox_idle(craft__mailbox_t *mb)
+{
+    craft__mutex_lock(&mb->mu);
+    bool idle = mb->len == 0 && !mb->closed;
+    craft__mutex_unlock(&mb->mu);
+    return idle;
+}

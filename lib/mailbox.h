@@ -40,5 +40,9 @@ craft__msg_t *craft__mailbox_wait(craft__mailbox_t *mb, int64_t deadline_ns);
  * can be taken with craft__mailbox_wait(mb, 0). Idempotent. */
 void craft__mailbox_close(craft__mailbox_t *mb);
 size_t craft__mailbox_len(craft__mailbox_t *mb);
+/* true once craft__mailbox_close was called. */
+bool craft__mailbox_closed(craft__mailbox_t *mb);
+/* Open with nothing queued (one lock for both). */
+bool craft__mailbox_idle(craft__mailbox_t *mb);
 
 #endif

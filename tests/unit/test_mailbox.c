@@ -55,6 +55,28 @@ START_TEST(test_fifo_order)
 }
 END_TEST
 
+/* idle = open and empty; closed stays true once closed, queued or not. */
+START_TEST(test_idle_and_closed)
+{
+    craft__mailbox_t mb;
+    test_msg_t m;
+    craft__mailbox_init(&mb);
+    ck_assert(craft__mailbox_idle(&mb));
+    ck_assert(!craft__mailbox_closed(&mb));
+    mk(&m, 0, 0);
+    ck_assert_int_eq(craft__mailbox_post(&mb, &m.msg), 0);
+    ck_assert(!craft__mailbox_idle(&mb));
+    ck_assert(!craft__mailbox_closed(&mb));
+    craft__mailbox_close(&mb);
+    ck_assert(!craft__mailbox_idle(&mb));
+    ck_assert(craft__mailbox_closed(&mb));
+    ck_assert_ptr_eq(as_test(craft__mailbox_wait(&mb, 0)), &m);
+    ck_assert(!craft__mailbox_idle(&mb)); /* empty but closed */
+    ck_assert(craft__mailbox_closed(&mb));
+    craft__mailbox_destroy(&mb);
+}
+END_TEST
+
 START_TEST(test_interleaved_post_take)
 {
     craft__mailbox_t mb;
@@ -492,6 +514,7 @@ static Suite *mailbox_suite(void)
     TCase *tc = tcase_create("fifo");
     tcase_add_test(tc, test_fifo_order);
     tcase_add_test(tc, test_interleaved_post_take);
+    tcase_add_test(tc, test_idle_and_closed);
     tcase_add_test(tc, test_len);
     suite_add_tcase(s, tc);
 
