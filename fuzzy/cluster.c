@@ -457,10 +457,11 @@ static void node_config(fz_node_t *nd, craft_config_t *conf)
     conf->logger = node_logger;
     conf->logger_ctx = nd;
     /* Both ways of applying committed entries: the fsm thread, or the
-     * committing thread (apply_inline), per node and incarnation. */
-    conf->apply_inline = ((nd->c->o.seed + nd->slot + nd->incarnation) & 1) != 0;
-    /* And with or without polling futures before sleeping. */
-    conf->wait_spin_us = ((nd->c->o.seed + nd->slot + nd->incarnation) & 2) != 0 ? 200 : 0;
+     * committing thread (apply_inline), per node and incarnation; crossed
+     * with waiting with or without polling futures first. */
+    uint64_t mix = nd->c->o.seed + (uint64_t)nd->slot + (uint64_t)nd->incarnation;
+    conf->apply_inline = (mix & 1) != 0;
+    conf->wait_spin_us = (mix & 2) != 0 ? 200 : 0;
 }
 
 static int start_node(fz_node_t *nd)

@@ -226,9 +226,10 @@ typedef struct craft_config {
      * many microseconds before going to sleep, saving the cost of being
      * woken (20-80 us on a virtual machine whose vCPU went idle; see README,
      * Performance). The polling is limited process-wide: at most
-     * max(1, CPUs / 2) threads poll at once, and only while such waits have
-     * recently completed within the budget on average, so under load (long
-     * waits) nobody polls. It trades CPU for latency: useful when a few
+     * max(1, CPUs / 2) threads poll at once, none while more threads than
+     * that wait on such futures, and only while such waits have recently
+     * completed within the budget on average, so under load (long waits)
+     * nobody polls. It trades CPU for latency: useful when a few
      * threads wait for quick round trips. Default 0 (off); range
      * 0..10000. */
     int64_t wait_spin_us;

@@ -148,14 +148,14 @@ static bool spin(craft_future_t *f, int64_t deadline_ns)
     if (deadline_ns > 0 && deadline_ns < end) {
         end = deadline_ns;
     }
+    int limit = spin_slot_limit();
     /* end <= now: wait_for(f, 0) is a poll, not a wait. */
     if (f->spin_ns <= 0 || end <= now ||
         atomic_load_explicit(&wait_avg_ns, memory_order_relaxed) >= f->spin_ns ||
-        atomic_load_explicit(&waiters, memory_order_relaxed) > spin_slot_limit() ||
+        atomic_load_explicit(&waiters, memory_order_relaxed) > limit ||
         !take_spin_slot()) {
         return false;
     }
-    int limit = spin_slot_limit();
     bool done = false;
     atomic_fetch_add_explicit(&spins, 1, memory_order_relaxed);
     for (unsigned i = 0;; i++) {
