@@ -9,13 +9,13 @@
 #include <inttypes.h>
 #include <limits.h>
 #include <pthread.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "lib/logger.h"
 #include "stores/crc64.h"
 #include "stores/file_snapshot_meta.h"
 #include "stores/snapshot_name.h"
@@ -33,15 +33,9 @@
 /* Attempts at finding an unused snapshot name before giving up. */
 #define NAME_ATTEMPTS 100
 
-/* Where the store's messages go (craft_file_snapshot_options_t). */
-typedef struct fs_log {
-    craft_logger_fn fn;
-    void *ctx;
-} fs_log_t;
-
 typedef struct file_store {
     craft_snapshot_store_t iface;
-    fs_log_t log;
+    craft__logger_t log; /* craft_file_snapshot_options_t.logger */
     /* Serialises name choice, list, open and close's rename + reap, so a
      * snapshot is never deleted between reading its meta and its data. */
     pthread_mutex_t mu;
@@ -66,7 +60,7 @@ typedef struct file_sink {
 
 typedef struct file_reader {
     craft_reader_t iface;
-    fs_log_t log; /* a copy: readers outlive the store */
+    craft__logger_t log; /* a copy: readers outlive the store */
     int fd;
     char *id;
     uint64_t want_size;
@@ -82,26 +76,8 @@ typedef struct found {
     craft_snapshot_meta_t *meta;
 } found_t;
 
-/* To the configured logger (component "snapshot"), else warnings and errors
- * to stderr, as the sqlite store does. */
-__attribute__((format(printf, 3, 4))) static void
-logmsg(const fs_log_t *lg, craft_level_t level, const char *fmt, ...)
-{
-    char msg[1024];
-    va_list ap;
-    if (lg->fn == NULL && level < CRAFT_LEVEL_WARN) {
-        return;
-    }
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    if (lg->fn != NULL) {
-        lg->fn(lg->ctx, level, "snapshot", msg);
-    } else {
-        fprintf(stderr, "[%s] snapshot: %s\n",
-                level >= CRAFT_LEVEL_ERROR ? "ERROR" : "WARN", msg);
-    }
-}
+/* Messages go through the library's logger, component "snapshot". */
+#define SNAP_LOG(lg, level, ...) craft__log((lg), (level), "snapshot", __VA_ARGS__)
 
 static char *path_join(const char *a, const char *b)
 {
@@ -318,15 +294,15 @@ static int check_snapshot(file_store_t *st, const char *name,
     }
     rv = meta_read(dir, meta, crc);
     if (rv != 0) {
-        logmsg(&st->log, CRAFT_LEVEL_WARN,
-               "skipping snapshot with unreadable %s: dir=%s/%s error=%s", META_FILE,
-               st->path, name, craft_strerror(rv));
+        SNAP_LOG(&st->log, CRAFT_LEVEL_WARN,
+                 "skipping snapshot with unreadable %s: dir=%s/%s error=%s", META_FILE,
+                 st->path, name, craft_strerror(rv));
         goto out;
     }
     if (strcmp((*meta)->id, name) != 0) {
-        logmsg(&st->log, CRAFT_LEVEL_WARN,
-               "skipping snapshot whose id does not match its directory: dir=%s/%s",
-               st->path, name);
+        SNAP_LOG(&st->log, CRAFT_LEVEL_WARN,
+                 "skipping snapshot whose id does not match its directory: dir=%s/%s",
+                 st->path, name);
         rv = CRAFT_ECORRUPT;
         goto err_after_meta;
     }
@@ -337,9 +313,9 @@ static int check_snapshot(file_store_t *st, const char *name,
     }
     if (stat(state, &sb) != 0 || !S_ISREG(sb.st_mode) ||
         sb.st_size != (*meta)->size) {
-        logmsg(&st->log, CRAFT_LEVEL_WARN,
-               "skipping snapshot with missing or short %s: dir=%s/%s", STATE_FILE,
-               st->path, name);
+        SNAP_LOG(&st->log, CRAFT_LEVEL_WARN,
+                 "skipping snapshot with missing or short %s: dir=%s/%s", STATE_FILE,
+                 st->path, name);
         rv = CRAFT_ECORRUPT;
         goto err_after_meta;
     }
@@ -364,9 +340,9 @@ static int scan(file_store_t *st, found_t **out, size_t *n_out)
     int rv = 0;
 
     if (d == NULL) {
-        logmsg(&st->log, CRAFT_LEVEL_ERROR,
-               "cannot read snapshot directory: dir=%s error=%s", st->path,
-               strerror(errno));
+        SNAP_LOG(&st->log, CRAFT_LEVEL_ERROR,
+                 "cannot read snapshot directory: dir=%s error=%s", st->path,
+                 strerror(errno));
         return CRAFT_EIO;
     }
     while ((e = readdir(d)) != NULL) {
@@ -432,13 +408,13 @@ static int reap(file_store_t *st)
             rv = CRAFT_ENOMEM;
             break;
         }
-        logmsg(&st->log, CRAFT_LEVEL_INFO, "reaping snapshot: path=%s", dir);
+        SNAP_LOG(&st->log, CRAFT_LEVEL_INFO, "reaping snapshot: path=%s", dir);
         /* Renamed out of sight first, so a crash halfway through the
          * removal leaves a .tmp directory (removed at the next open), not a
          * half-deleted snapshot. */
         if (rename(dir, doomed) != 0 || remove_tree(doomed) != 0) {
-            logmsg(&st->log, CRAFT_LEVEL_ERROR,
-                   "failed to reap snapshot: path=%s error=%s", dir, strerror(errno));
+            SNAP_LOG(&st->log, CRAFT_LEVEL_ERROR,
+                     "failed to reap snapshot: path=%s error=%s", dir, strerror(errno));
             rv = CRAFT_EIO;
         }
         free(doomed);
@@ -467,11 +443,12 @@ static int remove_stale_tmp(file_store_t *st)
             rv = CRAFT_ENOMEM;
             break;
         }
-        logmsg(&st->log, CRAFT_LEVEL_INFO, "removing incomplete snapshot: path=%s", p);
+        SNAP_LOG(&st->log, CRAFT_LEVEL_INFO, "removing incomplete snapshot: path=%s",
+                 p);
         if (remove_tree(p) != 0) {
-            logmsg(&st->log, CRAFT_LEVEL_ERROR,
-                   "failed to remove incomplete snapshot: path=%s error=%s", p,
-                   strerror(errno));
+            SNAP_LOG(&st->log, CRAFT_LEVEL_ERROR,
+                     "failed to remove incomplete snapshot: path=%s error=%s", p,
+                     strerror(errno));
             rv = CRAFT_EIO;
         }
         free(p);
@@ -499,8 +476,8 @@ static void sink_free(file_sink_t *k)
 
 static void sink_fail(file_sink_t *k, const char *what)
 {
-    logmsg(&k->store->log, CRAFT_LEVEL_ERROR, "%s failed: path=%s error=%s", what,
-           k->tmp_path, strerror(errno));
+    SNAP_LOG(&k->store->log, CRAFT_LEVEL_ERROR, "%s failed: path=%s error=%s", what,
+             k->tmp_path, strerror(errno));
     k->err = CRAFT_EIO;
 }
 
@@ -626,9 +603,9 @@ static int sink_close(void *ctx)
          * failure for a snapshot that list would show. */
         sink_fail(k, "syncing snapshots directory");
         if (remove_tree(k->final_path) != 0) {
-            logmsg(&k->store->log, CRAFT_LEVEL_ERROR,
-                   "failed to remove snapshot: path=%s error=%s", k->final_path,
-                   strerror(errno));
+            SNAP_LOG(&k->store->log, CRAFT_LEVEL_ERROR,
+                     "failed to remove snapshot: path=%s error=%s", k->final_path,
+                     strerror(errno));
         }
         pthread_mutex_unlock(&st->mu);
         goto err;
@@ -636,8 +613,8 @@ static int sink_close(void *ctx)
     rv = reap(st);
     pthread_mutex_unlock(&st->mu);
     if (rv != 0) {
-        logmsg(&k->store->log, CRAFT_LEVEL_WARN,
-               "failed to reap old snapshots: error=%s", craft_strerror(rv));
+        SNAP_LOG(&k->store->log, CRAFT_LEVEL_WARN,
+                 "failed to reap old snapshots: error=%s", craft_strerror(rv));
     }
     sink_free(k);
     return 0;
@@ -649,9 +626,9 @@ err:
         k->fd = -1;
     }
     if (remove_tree(k->tmp_path) != 0) {
-        logmsg(&k->store->log, CRAFT_LEVEL_ERROR,
-               "failed to remove incomplete snapshot: path=%s error=%s", k->tmp_path,
-               strerror(errno));
+        SNAP_LOG(&k->store->log, CRAFT_LEVEL_ERROR,
+                 "failed to remove incomplete snapshot: path=%s error=%s", k->tmp_path,
+                 strerror(errno));
     }
     sink_free(k);
     return rv;
@@ -666,9 +643,9 @@ static int sink_cancel(void *ctx)
         k->fd = -1;
     }
     if (remove_tree(k->tmp_path) != 0) {
-        logmsg(&k->store->log, CRAFT_LEVEL_ERROR,
-               "failed to remove cancelled snapshot: path=%s error=%s", k->tmp_path,
-               strerror(errno));
+        SNAP_LOG(&k->store->log, CRAFT_LEVEL_ERROR,
+                 "failed to remove cancelled snapshot: path=%s error=%s", k->tmp_path,
+                 strerror(errno));
         rv = CRAFT_EIO;
     }
     sink_free(k);
@@ -709,13 +686,13 @@ static int sink_make_dir(file_store_t *st, file_sink_t *k, uint64_t term,
             return 0;
         }
         if (errno != EEXIST) {
-            logmsg(&st->log, CRAFT_LEVEL_ERROR,
-                   "failed to create snapshot directory: path=%s error=%s", k->tmp_path,
-                   strerror(errno));
+            SNAP_LOG(&st->log, CRAFT_LEVEL_ERROR,
+                     "failed to create snapshot directory: path=%s error=%s",
+                     k->tmp_path, strerror(errno));
             return CRAFT_EIO;
         }
     }
-    logmsg(&st->log, CRAFT_LEVEL_ERROR, "no free snapshot name: dir=%s", st->path);
+    SNAP_LOG(&st->log, CRAFT_LEVEL_ERROR, "no free snapshot name: dir=%s", st->path);
     return CRAFT_EIO;
 }
 
@@ -725,9 +702,9 @@ static int sink_make_dir(file_store_t *st, file_sink_t *k, uint64_t term,
 
 static int reader_fail(file_reader_t *r, int err, const char *why)
 {
-    logmsg(&r->log, CRAFT_LEVEL_ERROR,
-           "snapshot %s: id=%s read=%" PRIu64 " size=%" PRIu64, why, r->id, r->got_size,
-           r->want_size);
+    SNAP_LOG(&r->log, CRAFT_LEVEL_ERROR,
+             "snapshot %s: id=%s read=%" PRIu64 " size=%" PRIu64, why, r->id,
+             r->got_size, r->want_size);
     r->err = err;
     return err;
 }
@@ -942,15 +919,15 @@ static int store_open(void *ctx, const char *id, craft_snapshot_meta_t **meta,
     rv = meta_read(dir, &m, &crc);
     if (rv != 0) {
         if (rv != CRAFT_ENOTFOUND) {
-            logmsg(&st->log, CRAFT_LEVEL_ERROR,
-                   "failed to read snapshot meta: id=%s error=%s", id,
-                   craft_strerror(rv));
+            SNAP_LOG(&st->log, CRAFT_LEVEL_ERROR,
+                     "failed to read snapshot meta: id=%s error=%s", id,
+                     craft_strerror(rv));
         }
         goto err_after_lock;
     }
     if (strcmp(m->id, id) != 0) {
-        logmsg(&st->log, CRAFT_LEVEL_ERROR,
-               "snapshot meta names another snapshot: id=%s meta_id=%s", id, m->id);
+        SNAP_LOG(&st->log, CRAFT_LEVEL_ERROR,
+                 "snapshot meta names another snapshot: id=%s meta_id=%s", id, m->id);
         rv = CRAFT_ECORRUPT;
         goto err_after_lock;
     }
@@ -962,9 +939,9 @@ static int store_open(void *ctx, const char *id, craft_snapshot_meta_t **meta,
     r->fd = open(state, O_RDONLY | O_CLOEXEC);
     if (r->fd < 0) {
         rv = errno == ENOENT ? CRAFT_ECORRUPT : CRAFT_EIO;
-        logmsg(&st->log, CRAFT_LEVEL_ERROR,
-               "failed to open snapshot data: path=%s error=%s", state,
-               strerror(errno));
+        SNAP_LOG(&st->log, CRAFT_LEVEL_ERROR,
+                 "failed to open snapshot data: path=%s error=%s", state,
+                 strerror(errno));
         goto err_after_lock;
     }
     pthread_mutex_unlock(&st->mu);
@@ -974,9 +951,10 @@ static int store_open(void *ctx, const char *id, craft_snapshot_meta_t **meta,
         goto err_after_meta;
     }
     if (!S_ISREG(sb.st_mode) || sb.st_size != m->size) {
-        logmsg(&st->log, CRAFT_LEVEL_ERROR,
-               "snapshot data size mismatch: id=%s size=%" PRId64 " meta_size=%" PRId64,
-               id, (int64_t)sb.st_size, m->size);
+        SNAP_LOG(&st->log, CRAFT_LEVEL_ERROR,
+                 "snapshot data size mismatch: id=%s size=%" PRId64
+                 " meta_size=%" PRId64,
+                 id, (int64_t)sb.st_size, m->size);
         rv = CRAFT_ECORRUPT;
         goto err_after_meta;
     }
@@ -1047,8 +1025,12 @@ int craft_file_snapshot_store_open(const char *dir,
         return CRAFT_ENOMEM;
     }
     st->retain = o.retain;
-    st->log.fn = o.logger;
+    /* Without a logger, warnings and errors go to stderr (as the sqlite
+     * store does). */
+    st->log.fn = o.logger != NULL ? o.logger : craft__stderr_logger;
     st->log.ctx = o.logger_ctx;
+    st->log.level = o.logger != NULL ? CRAFT_LEVEL_TRACE : CRAFT_LEVEL_WARN;
+    st->log.prefix = NULL;
     st->path = path_join(dir, SNAPSHOTS_DIR);
     if (st->path == NULL) {
         rv = CRAFT_ENOMEM;
@@ -1056,9 +1038,9 @@ int craft_file_snapshot_store_open(const char *dir,
     }
     if (mkdir_all(st->path) != 0) {
         rv = errno == ENOMEM ? CRAFT_ENOMEM : CRAFT_EIO;
-        logmsg(&st->log, CRAFT_LEVEL_ERROR,
-               "cannot create snapshot directory: path=%s error=%s", st->path,
-               strerror(errno));
+        SNAP_LOG(&st->log, CRAFT_LEVEL_ERROR,
+                 "cannot create snapshot directory: path=%s error=%s", st->path,
+                 strerror(errno));
         goto err_after_store;
     }
     perm = path_join(st->path, PERM_TEST_FILE);
@@ -1068,18 +1050,18 @@ int craft_file_snapshot_store_open(const char *dir,
     }
     fd = open(perm, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) {
-        logmsg(&st->log, CRAFT_LEVEL_ERROR,
-               "snapshot directory is not writable: path=%s error=%s", st->path,
-               strerror(errno));
+        SNAP_LOG(&st->log, CRAFT_LEVEL_ERROR,
+                 "snapshot directory is not writable: path=%s error=%s", st->path,
+                 strerror(errno));
         free(perm);
         rv = CRAFT_EIO;
         goto err_after_store;
     }
     close(fd);
     if (unlink(perm) != 0) {
-        logmsg(&st->log, CRAFT_LEVEL_ERROR,
-               "cannot remove permission test file: path=%s error=%s", perm,
-               strerror(errno));
+        SNAP_LOG(&st->log, CRAFT_LEVEL_ERROR,
+                 "cannot remove permission test file: path=%s error=%s", perm,
+                 strerror(errno));
         free(perm);
         rv = CRAFT_EIO;
         goto err_after_store;

@@ -47,10 +47,11 @@ typedef struct craft_file_snapshot_options {
     int retain;
     /* Where the store's messages go (component "snapshot"): INFO when it
      * deletes a snapshot by retention or a leftover of an interrupted one,
-     * WARN/ERROR on failures and skipped snapshots. NULL = stderr lines
-     * "[LEVEL] snapshot: message" for warnings and errors only. Called on
-     * the thread making the call (readers included); must be thread-safe
-     * and, with `logger_ctx`, outlive the store and every reader it opened. */
+     * WARN/ERROR on failures and skipped snapshots. NULL = the library's
+     * default logger ("[LEVEL] snapshot: message" lines on stderr) for
+     * warnings and errors only. Called on the thread making the call
+     * (readers included); must be thread-safe and, with `logger_ctx`,
+     * outlive the store and every reader it opened. */
     craft_logger_fn logger;
     void *logger_ctx;
 } craft_file_snapshot_options_t;

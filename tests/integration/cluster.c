@@ -253,7 +253,7 @@ static void node_config(tc_cluster_t *c, size_t i, craft_config_t *out)
     /* Odd-numbered nodes apply committed entries on the committing thread,
      * so every cluster test covers both apply paths (config.apply_inline). */
     out->apply_inline = c->conf.apply_inline || (i % 2) == 1;
-    /* Nodes 2, 3, 6, ... poll their futures before sleeping
+    /* Nodes 2, 3, 6, 7, ... poll their futures before sleeping
      * (config.wait_spin_us), crossed with the apply paths above. */
     if (out->wait_spin_us == 0 && (i & 2) != 0) {
         out->wait_spin_us = 200;
