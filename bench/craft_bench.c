@@ -9,6 +9,7 @@
  *               [--max-inflight I] [--max-uncommitted U] [--dir DIR]
  *               [--progress-ms MS] [--no-election] [--stats] [--verbose]
  *               [--async] [--apply-inline] [--wait-spin-us US]
+ *               [--shared-loop]
  *
  * C client threads each keep K applies of P bytes outstanding against the
  * leader (closed loop; K = 1 by default: apply, wait, repeat). A client
@@ -26,7 +27,9 @@
  *
  * The FSM only counts bytes. sqlite stores live in a fresh temporary
  * directory under DIR (default $TMPDIR or /tmp) with durability full, and
- * are removed at exit. tcp binds 127.0.0.1 on free ports.
+ * are removed at exit. tcp binds 127.0.0.1 on free ports; with
+ * --shared-loop the nodes' TCP transports share one event-loop thread
+ * (craft_tcp_loop_t) instead of running one each.
  */
 #include <errno.h>
 #include <ftw.h>
@@ -71,6 +74,7 @@ typedef struct opts {
     bool async; /* clients driven by completion callbacks, no thread each */
     bool apply_inline; /* config.apply_inline */
     int64_t wait_spin_us; /* config.wait_spin_us */
+    bool shared_loop; /* tcp: one craft_tcp_loop_t for every node */
 } opts_t;
 
 static opts_t O = {
@@ -292,6 +296,7 @@ typedef struct node {
 } node_t;
 
 static node_t nodes[MAX_NODES];
+static craft_tcp_loop_t *tcp_loop; /* --shared-loop */
 static char tmpdir[1024];
 
 static void logger(void *ctx, craft_level_t level, const char *component,
@@ -364,6 +369,12 @@ static void open_node(int i)
         to.log_level = O.verbose ? CRAFT_LEVEL_INFO : CRAFT_LEVEL_WARN;
         if (O.max_inflight > 0) {
             to.max_inflight = O.max_inflight;
+        }
+        if (O.shared_loop) {
+            if (tcp_loop == NULL && (rv = craft_tcp_loop_new(&tcp_loop)) != 0) {
+                die("tcp loop", rv);
+            }
+            to.loop = tcp_loop;
         }
         rv = craft_tcp_transport_new("127.0.0.1:0", NULL, &to, &n->trans);
         if (rv != 0) {
@@ -842,7 +853,7 @@ static void usage(const char *argv0)
             "  [--heartbeat-ms 100] [--election-ms 100] [--lease-ms 50] [--commit-ms T]\n"
             "  [--max-append M] [--max-inflight I] [--max-uncommitted U] [--dir DIR]\n"
             "  [--progress-ms 1000] [--no-election] [--stats] [--verbose] [--async]\n"
-            "  [--apply-inline] [--wait-spin-us US]\n",
+            "  [--apply-inline] [--wait-spin-us US] [--shared-loop]\n",
             argv0);
     exit(2);
 }
@@ -897,6 +908,8 @@ static void parse(int argc, char **argv)
             O.async = true;
         } else if (strcmp(a, "--apply-inline") == 0) {
             O.apply_inline = true;
+        } else if (strcmp(a, "--shared-loop") == 0) {
+            O.shared_loop = true;
         } else if (strcmp(a, "--verbose") == 0) {
             O.verbose = true;
         } else {
@@ -1038,13 +1051,14 @@ int main(int argc, char **argv)
 
     printf("{\"impl\":\"craft\",\"nodes\":%d,\"transport\":\"%s\",\"store\":\"%s\","
            "\"clients\":%d,\"depth\":%d,\"async\":%s,\"apply_inline\":%s,"
-           "\"wait_spin_us\":%lld,\"payload\":%zu,"
+           "\"wait_spin_us\":%lld,\"shared_loop\":%s,\"payload\":%zu,"
            "\"seconds\":%.2f,"
            "\"ops\":%llu,\"ops_per_sec\":%.1f,\"p50_us\":%llu,\"p99_us\":%llu,"
            "\"max_us\":%llu,\"election_ms\":%.1f,\"rss_kb\":%ld,"
            "\"rss_peak_kb\":%ld,\"rss_anon_kb\":%ld,\"retries\":%llu,\"failures\":%llu}\n",
            O.nodes, O.transport, O.store, O.clients, O.depth, O.async ? "true" : "false",
            O.apply_inline ? "true" : "false", (long long)O.wait_spin_us,
+           O.shared_loop && strcmp(O.transport, "tcp") == 0 ? "true" : "false",
            O.payload, window,
            (unsigned long long)ops, (double)ops / window,
            (unsigned long long)hist_pct(all, 0.50),
@@ -1055,6 +1069,7 @@ int main(int argc, char **argv)
     fflush(stdout);
 
     stop_cluster();
+    craft_tcp_loop_free(tcp_loop); /* its transports are closed */
     free(all);
     free(clients);
     free(payload_buf);

@@ -124,14 +124,118 @@ static void loop_teardown(tcp_t *t)
     while ((task = pop_task(t)) != NULL) {
         run_task(t, task);
     }
-    event_base_loopbreak(t->base);
+    /* Nothing of `t` is left on the loop but `wakeup`, whose callback this
+     * is: close() frees it (event_free waits for the callback to return). */
+    pthread_mutex_lock(&t->mu);
+    t->torn_down = true;
+    pthread_cond_broadcast(&t->torn_down_cond);
+    pthread_mutex_unlock(&t->mu);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Loop threads, private or shared (craft_tcp_loop_t)                        */
+/* ------------------------------------------------------------------------ */
+
+static int evthread_rv = -1;
+static pthread_once_t evthread_once = PTHREAD_ONCE_INIT;
+
+static void init_evthread(void)
+{
+    evthread_rv = evthread_use_pthreads();
 }
 
 static void *loop_main(void *arg)
 {
-    tcp_t *t = arg;
-    event_base_loop(t->base, EVLOOP_NO_EXIT_ON_EMPTY);
+    craft_tcp_loop_t *l = arg;
+    event_base_loop(l->base, EVLOOP_NO_EXIT_ON_EMPTY);
     return NULL;
+}
+
+static void on_loop_stop(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    craft_tcp_loop_t *l = arg;
+    event_base_loopbreak(l->base);
+}
+
+static int loop_create(craft_tcp_loop_t **out)
+{
+    pthread_once(&evthread_once, init_evthread);
+    if (evthread_rv != 0) {
+        return CRAFT_ENOMEM;
+    }
+    craft_tcp_loop_t *l = calloc(1, sizeof *l);
+    if (l == NULL) {
+        return CRAFT_ENOMEM;
+    }
+    atomic_init(&l->refs, 1);
+    l->base = event_base_new();
+    if (l->base == NULL) {
+        free(l);
+        return CRAFT_ENOMEM;
+    }
+    /* An active event survives until the loop runs it, unlike a
+     * loopbreak issued before the loop started. */
+    l->stop = event_new(l->base, -1, 0, on_loop_stop, l);
+    if (l->stop == NULL) {
+        event_base_free(l->base);
+        free(l);
+        return CRAFT_ENOMEM;
+    }
+    /* Writes happen on the loop thread (among others): with SIGPIPE blocked
+     * there a write to a reset connection fails with EPIPE instead of
+     * killing the process (libevent does not use MSG_NOSIGNAL). */
+    sigset_t block;
+    sigset_t old;
+    sigemptyset(&block);
+    sigaddset(&block, SIGPIPE);
+    pthread_sigmask(SIG_BLOCK, &block, &old);
+    int rv = pthread_create(&l->thread, NULL, loop_main, l);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (rv != 0) {
+        event_free(l->stop);
+        event_base_free(l->base);
+        free(l);
+        return CRAFT_ENOMEM;
+    }
+    *out = l;
+    return 0;
+}
+
+/* Never on the loop's own thread: transports are not closed from their
+ * handlers (include/craft/tcp.h), and the application's reference is
+ * dropped from its own threads. */
+static void loop_unref(craft_tcp_loop_t *l)
+{
+    if (atomic_fetch_sub(&l->refs, 1) != 1) {
+        return;
+    }
+    event_active(l->stop, EV_READ, 0);
+    pthread_join(l->thread, NULL);
+    event_free(l->stop);
+    event_base_free(l->base);
+    free(l);
+}
+
+int craft_tcp_loop_new(craft_tcp_loop_t **out)
+{
+    if (out == NULL) {
+        return CRAFT_EINVAL;
+    }
+    return loop_create(out);
+}
+
+void craft_tcp_loop_free(craft_tcp_loop_t *loop)
+{
+    if (loop != NULL) {
+        loop_unref(loop);
+    }
+}
+
+bool craft__tcp_on_loop(const tcp_t *t)
+{
+    return pthread_equal(pthread_self(), t->loop->thread);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -144,7 +248,7 @@ static void handler_set(tcp_t *t, handler_slot_t *h, craft_rpc_handler_fn fn,
     pthread_mutex_lock(&t->mu);
     /* From inside a handler (on the loop thread) the only invocation in
      * progress is the caller's own: waiting for it would never end. */
-    bool on_loop = t->thread_started && pthread_equal(pthread_self(), t->thread);
+    bool on_loop = t->loop != NULL && craft__tcp_on_loop(t);
     while (!on_loop && h->active_old > 0) {
         pthread_cond_wait(&t->handlers_idle, &t->mu);
     }
@@ -198,13 +302,16 @@ static void tcp_close(void *ctx)
     }
     t->stop_task.kind = TASK_STOP;
     craft__tcp_post_locked(t, &t->stop_task);
+    while (!t->torn_down) {
+        pthread_cond_wait(&t->torn_down_cond, &t->mu);
+    }
     pthread_mutex_unlock(&t->mu);
 
-    pthread_join(t->thread, NULL);
     event_free(t->wakeup);
     t->wakeup = NULL;
-    event_base_free(t->base);
     t->base = NULL;
+    loop_unref(t->loop);
+    t->loop = NULL;
     /* The loop thread made every handler call: none is in progress. */
     handler_set(t, &t->rpc_handler, NULL, NULL);
     handler_set(t, &t->hb_handler, NULL, NULL);
@@ -230,33 +337,6 @@ void craft_tcp_options_default(craft_tcp_options_t *o)
     o->log_level = CRAFT_LEVEL_INFO;
 }
 
-static int evthread_rv = -1;
-static pthread_once_t evthread_once = PTHREAD_ONCE_INIT;
-
-static void init_evthread(void)
-{
-    evthread_rv = evthread_use_pthreads();
-}
-
-static int start_loop(tcp_t *t)
-{
-    /* Writes happen on the loop thread only: with SIGPIPE blocked there a
-     * write to a reset connection fails with EPIPE instead of killing the
-     * process (libevent does not use MSG_NOSIGNAL). */
-    sigset_t block;
-    sigset_t old;
-    sigemptyset(&block);
-    sigaddset(&block, SIGPIPE);
-    pthread_sigmask(SIG_BLOCK, &block, &old);
-    int rv = pthread_create(&t->thread, NULL, loop_main, t);
-    pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (rv != 0) {
-        return CRAFT_ENOMEM;
-    }
-    t->thread_started = true;
-    return 0;
-}
-
 int craft_tcp_transport_new(const char *bind, const char *advertise,
                             const craft_tcp_options_t *opts,
                             craft_transport_t **out)
@@ -272,10 +352,6 @@ int craft_tcp_transport_new(const char *bind, const char *advertise,
         o.max_inflight > MAX_INFLIGHT_LIMIT || o.idle_timeout_ms < 0 ||
         o.no_prevote_ttl_ms < 0 || o.no_prevote_ttl_ms > INT64_MAX / 1000000 / 2) {
         return CRAFT_EINVAL;
-    }
-    pthread_once(&evthread_once, init_evthread);
-    if (evthread_rv != 0) {
-        return CRAFT_ENOMEM;
     }
     struct sockaddr_storage bind_sa;
     socklen_t bind_len = 0;
@@ -323,13 +399,24 @@ int craft_tcp_transport_new(const char *bind, const char *advertise,
     if (pthread_cond_init(&t->handlers_idle, NULL) != 0) {
         goto err_after_mu;
     }
-    t->base = event_base_new();
-    if (t->base == NULL) {
+    if (pthread_cond_init(&t->torn_down_cond, NULL) != 0) {
         goto err_after_cond;
     }
+    if (o.loop != NULL) {
+        atomic_fetch_add(&o.loop->refs, 1);
+        t->loop = o.loop;
+    } else {
+        rv = loop_create(&t->loop);
+        if (rv != 0) {
+            goto err_after_cond2;
+        }
+        rv = CRAFT_ENOMEM;
+    }
+    t->base = t->loop->base;
     t->listener = evconnlistener_new_bind(
         t->base, craft__tcp_on_accept, t,
-        LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC, -1,
+        LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC | LEV_OPT_DISABLED,
+        -1,
         (struct sockaddr *)&bind_sa, (int)bind_len);
     if (t->listener == NULL) {
         CRAFT__ERROR(&t->log, COMPONENT, "cannot listen: bind=%s error=%s", bind,
@@ -368,7 +455,10 @@ int craft_tcp_transport_new(const char *bind, const char *advertise,
     t->iface.timeout_now = craft__tcp_timeout_now;
     t->iface.append_entries_pipeline = craft__tcp_pipeline;
     t->iface.close = tcp_close;
-    if (start_loop(t) != 0) {
+    /* The loop may be running already: the listener was created disabled
+     * so that the loop sees it only complete. */
+    if (evconnlistener_enable(t->listener) != 0) {
+        rv = CRAFT_EIO;
         goto err_after_wakeup;
     }
     CRAFT__DEBUG(&t->log, COMPONENT, "listening: bind=%s advertise=%s", bind,
@@ -381,7 +471,9 @@ err_after_wakeup:
 err_after_listener:
     evconnlistener_free(t->listener);
 err_after_base:
-    event_base_free(t->base);
+    loop_unref(t->loop);
+err_after_cond2:
+    pthread_cond_destroy(&t->torn_down_cond);
 err_after_cond:
     pthread_cond_destroy(&t->handlers_idle);
 err_after_mu:

@@ -75,6 +75,7 @@ void craft__tcp_transport_unref(tcp_t *t)
         free(t->no_prevote[i].addr);
     }
     free(t->no_prevote);
+    pthread_cond_destroy(&t->torn_down_cond);
     pthread_cond_destroy(&t->handlers_idle);
     pthread_mutex_destroy(&t->mu);
     free(t);

@@ -533,7 +533,7 @@ static int64_t snap_read(void *ctx, void *buf, size_t len)
     if (buf == NULL || len == 0) {
         return CRAFT_EINVAL;
     }
-    if (pthread_equal(pthread_self(), t->thread)) {
+    if (craft__tcp_on_loop(t)) {
         /* From inside a handler: the loop would wait for itself. */
         CRAFT__ERROR(&t->log, COMPONENT,
                      "snapshot reader used on the transport's loop thread "

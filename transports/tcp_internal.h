@@ -173,6 +173,20 @@ typedef struct no_prevote {
     int64_t until_ns;
 } no_prevote_t;
 
+/* An event loop: a libevent base and the thread running it. Each transport
+ * holds a reference; an application-created (shared) loop also holds the
+ * application's until craft_tcp_loop_free. The last reference stops the
+ * thread and frees the base. */
+struct craft_tcp_loop {
+    struct event_base *base;
+    struct event *stop; /* activated by the last unref; breaks the loop */
+    pthread_t thread;
+    atomic_int refs;
+};
+
+/* Whether the calling thread is `t`'s loop thread. */
+bool craft__tcp_on_loop(const tcp_t *t);
+
 struct tcp {
     craft_transport_t iface; /* handed out; ctx points back here */
     craft_tcp_options_t opts;
@@ -181,11 +195,10 @@ struct tcp {
     char local_addr[INET6_ADDRSTRLEN + 16];
     atomic_int refs;
 
-    struct event_base *base;
+    craft_tcp_loop_t *loop; /* referenced; private or shared */
+    struct event_base *base; /* loop->base */
     struct evconnlistener *listener;
     struct event *wakeup;
-    pthread_t thread;
-    bool thread_started;
 
     pthread_mutex_t mu;
     pthread_cond_t handlers_idle;
@@ -195,6 +208,8 @@ struct tcp {
     bool wakeup_pending;
     bool closed;    /* close() started */
     bool loop_done; /* the loop accepts no more tasks */
+    bool torn_down; /* TASK_STOP finished: the loop is done with `t` */
+    pthread_cond_t torn_down_cond;
     handler_slot_t rpc_handler;
     handler_slot_t hb_handler;
     out_call_t *calls;     /* synchronous calls in progress */

@@ -3,7 +3,8 @@
  * (WIRE.md): a craft node and Go hashicorp/raft nodes (v1.1.2 and v1.7.x)
  * can be members of one cluster.
  *
- * Threading. Each transport runs one event-loop thread (libevent) that owns
+ * Threading. Each transport runs on one event-loop thread (libevent; its
+ * own, or one shared with other transports: craft_tcp_loop_t) that owns
  * every socket: the listener, inbound connections, pooled and pipeline
  * connections. Callers on any thread (craft's replication, heartbeat and
  * vote threads) encode their request on their own thread, hand it to the
@@ -102,6 +103,27 @@
 extern "C" {
 #endif
 
+/* An event-loop thread that several TCP transports of one process can
+ * share: a process hosting several nodes or raft groups then runs one
+ * thread for all their sockets instead of one per transport, and a message
+ * between two of them is handled without waking another thread (hashicorp's
+ * transports share Go's network poller the same way). A shared loop runs
+ * every handler of every transport on it: a handler that blocks (a follower
+ * appending to a store that fsyncs, see craft_config_t.apply_inline) stalls
+ * the others, so share loops between nodes with in-memory or fast stores,
+ * or between many lightly loaded groups.
+ *
+ * craft_tcp_loop_new starts the thread; CRAFT_ENOMEM if it cannot.
+ * Transports using the loop (craft_tcp_options_t.loop) hold a reference to
+ * it: craft_tcp_loop_free drops the application's, and the thread stops and
+ * the loop is freed when the last transport using it is closed (at once if
+ * none does). Handlers on a shared loop must not close or change the
+ * handlers of any transport on that loop, nor free the loop (the rules
+ * above, extended to every transport sharing it). */
+typedef struct craft_tcp_loop craft_tcp_loop_t;
+int craft_tcp_loop_new(craft_tcp_loop_t **out);
+void craft_tcp_loop_free(craft_tcp_loop_t *loop);
+
 typedef struct craft_tcp_options {
     /* Idle outgoing connections kept per target address. Default 3
      * (Consul's value); 0 disables pooling. */
@@ -138,6 +160,9 @@ typedef struct craft_tcp_options {
     size_t max_entries;
     size_t max_blob_bytes;
     unsigned max_depth;
+    /* The event loop to run on (see craft_tcp_loop_t; the transport takes
+     * a reference). NULL (default) = a loop thread of the transport's own. */
+    craft_tcp_loop_t *loop;
 } craft_tcp_options_t;
 
 /* Fills `o` with the defaults above. */

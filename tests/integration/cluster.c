@@ -291,6 +291,12 @@ static void open_transport(tc_cluster_t *c, size_t i)
         /* Small enough that unbounded batches of large entries would be
          * refused (test_large_entries). */
         o.max_frame_bytes = (size_t)16 << 20;
+        if (i % 2 == 0) {
+            if (c->tcp_loop == NULL) {
+                ck_assert_int_eq(craft_tcp_loop_new(&c->tcp_loop), 0);
+            }
+            o.loop = c->tcp_loop;
+        }
         ck_assert_int_eq(craft_tcp_transport_new("127.0.0.1:0", NULL, &o, &nd->trans), 0);
         snprintf(nd->addr, sizeof nd->addr, "%s", nd->trans->local_addr(nd->trans->ctx));
     } else {
@@ -446,6 +452,7 @@ void tc_free(tc_cluster_t *c)
                       atomic_load(&n->fsm.overlaps));
         fsm_destroy(&n->fsm);
     }
+    craft_tcp_loop_free(c->tcp_loop); /* the last transport on it is closed */
     if (c->dir != NULL) {
         tu_rmrf(c->dir);
         free(c->dir);

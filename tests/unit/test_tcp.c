@@ -201,9 +201,28 @@ static void test_logger(void *ctx, craft_level_t level, const char *component,
     }
 }
 
+/* "shared-loop" mode (second meson test): every transport a test creates
+ * with opts_init runs on one loop shared by the whole test. */
+static bool shared_mode;
+static craft_tcp_loop_t *shared_loop;
+
+static void shared_loop_setup(void)
+{
+    if (shared_mode) {
+        ck_assert_int_eq(craft_tcp_loop_new(&shared_loop), 0);
+    }
+}
+
+static void shared_loop_teardown(void)
+{
+    craft_tcp_loop_free(shared_loop); /* freed after its last transport */
+    shared_loop = NULL;
+}
+
 static void opts_init(craft_tcp_options_t *o)
 {
     craft_tcp_options_default(o);
+    o->loop = shared_loop;
     o->logger = test_logger;
     o->log_level = getenv("TCP_TEST_VERBOSE") != NULL ? CRAFT_LEVEL_TRACE
                                                       : CRAFT_LEVEL_WARN;
@@ -221,6 +240,7 @@ typedef struct server {
     bool responder;
     pthread_t thread;
     uint64_t digest[5]; /* of the last request of each type */
+    pthread_t handler_thread; /* the thread of the last handler call */
     /* InstallSnapshot, as read by the responder */
     uint64_t snap_hash;
     int64_t snap_bytes;
@@ -238,6 +258,7 @@ static void server_push(server_t *s, craft_rpc_t *rpc, bool heartbeat)
         s->head = rpc;
     }
     s->tail = rpc;
+    s->handler_thread = pthread_self();
     s->received++;
     if (heartbeat) {
         s->heartbeats++;
@@ -1761,9 +1782,152 @@ START_TEST(test_prevote_old_peer_fallback)
 }
 END_TEST
 
+/* ------------------------------------------------------------------------ */
+/* Shared loops                                                              */
+/* ------------------------------------------------------------------------ */
+
+/* One RPC from `c` to `s`; returns the thread that ran s's handler. */
+static pthread_t handler_thread_of(server_t *s, craft_transport_t *c)
+{
+    craft_append_entries_resp_t resp;
+    ck_assert_int_eq(send_heartbeat(c, server_addr(s), 3, &resp), 0);
+    ck_assert_uint_eq(resp.term, 4);
+    return SRV_GET(s, handler_thread);
+}
+
+START_TEST(test_shared_loop_lifecycle)
+{
+    ck_assert_int_eq(craft_tcp_loop_new(NULL), CRAFT_EINVAL);
+    craft_tcp_loop_free(NULL);
+
+    /* A loop nobody uses stops at once. */
+    craft_tcp_loop_t *idle = NULL;
+    ck_assert_int_eq(craft_tcp_loop_new(&idle), 0);
+    craft_tcp_loop_free(idle);
+
+    /* Private loops: each transport's handlers run on its own thread. */
+    craft_tcp_options_t own;
+    craft_tcp_options_default(&own);
+    own.logger = test_logger;
+    own.log_level = CRAFT_LEVEL_WARN;
+    server_t *p1 = server_new(&own, true);
+    server_t *p2 = server_new(&own, true);
+    craft_transport_t *pc = client_new(&own);
+    ck_assert(!pthread_equal(handler_thread_of(p1, pc), handler_thread_of(p2, pc)));
+
+    /* Two servers and a client on one loop: one thread runs them all. */
+    craft_tcp_loop_t *loop = NULL;
+    ck_assert_int_eq(craft_tcp_loop_new(&loop), 0);
+    craft_tcp_options_t o = own;
+    o.loop = loop;
+    server_t *s1 = server_new(&o, true);
+    server_t *s2 = server_new(&o, true);
+    craft_transport_t *c = client_new(&o);
+    pthread_t h1 = handler_thread_of(s1, c);
+    ck_assert(pthread_equal(h1, handler_thread_of(s2, c)));
+    ck_assert(!pthread_equal(h1, handler_thread_of(p1, pc)));
+    /* A private-loop client reaches a shared-loop server and back. */
+    ck_assert(pthread_equal(h1, handler_thread_of(s1, pc)));
+    ck_assert(pthread_equal(handler_thread_of(p2, c), handler_thread_of(p2, pc)));
+
+    /* The application's reference goes; the transports keep the loop. */
+    craft_tcp_loop_free(loop);
+    ck_assert(pthread_equal(handler_thread_of(s2, c), h1));
+
+    /* Closing one transport leaves the others on the loop working. */
+    server_free(s1);
+    ck_assert(pthread_equal(handler_thread_of(s2, c), h1));
+    craft_append_entries_resp_t resp;
+    c->close(c->ctx);
+    ck_assert(pthread_equal(handler_thread_of(s2, pc), h1));
+    ck_assert_int_eq(send_heartbeat(pc, server_addr(p1), 3, &resp), 0);
+    server_free(s2); /* the last one: the loop thread stops here */
+
+    server_free(p1);
+    server_free(p2);
+    pc->close(pc->ctx);
+}
+END_TEST
+
+/* Transports on one loop send each other pipelined AppendEntries in both
+ * directions at once: every response comes back, in order. */
+typedef struct {
+    craft_transport_t *from;
+    const char *to;
+    int err;
+    unsigned ok;
+} pl_pair_t;
+
+static void *pl_pair_main(void *arg)
+{
+    pl_pair_t *pp = arg;
+    craft_pipeline_t *pl = NULL;
+    pp->err = pp->from->append_entries_pipeline(pp->from->ctx, "srv", pp->to, &pl);
+    if (pp->err != 0) {
+        return NULL;
+    }
+    craft_append_entries_req_t q;
+    heartbeat_req(&q, 1);
+    q.prev_log_entry = 1; /* not the heartbeat shape */
+    uintptr_t next = 1;
+    uintptr_t sent = 0;
+    while (next <= 300 && pp->err == 0) {
+        while (sent < next + 3 && sent < 300) {
+            sent++;
+            q.prev_log_entry = sent;
+            pp->err = pl->append_entries(pl->ctx, &q, (void *)sent);
+            if (pp->err != 0) {
+                break;
+            }
+        }
+        craft_append_entries_resp_t resp;
+        void *tag = NULL;
+        int rv = pl->next_response(pl->ctx, &resp, &tag);
+        if (rv != 0 || (uintptr_t)tag != next) {
+            pp->err = rv != 0 ? rv : CRAFT_EPROTOCOL;
+            break;
+        }
+        pp->ok++;
+        next++;
+    }
+    pl->close(pl->ctx);
+    pl->free(pl->ctx);
+    return NULL;
+}
+
+START_TEST(test_shared_loop_pipelines_both_ways)
+{
+    craft_tcp_loop_t *loop = NULL;
+    ck_assert_int_eq(craft_tcp_loop_new(&loop), 0);
+    craft_tcp_options_t o;
+    opts_init(&o);
+    o.loop = loop;
+    o.max_inflight = 4;
+    server_t *a = server_new(&o, true);
+    server_t *b = server_new(&o, true);
+    craft_tcp_loop_free(loop);
+    pl_pair_t ab = {a->t, server_addr(b), 0, 0};
+    pl_pair_t ba = {b->t, server_addr(a), 0, 0};
+    pthread_t t1;
+    pthread_t t2;
+    ck_assert_int_eq(pthread_create(&t1, NULL, pl_pair_main, &ab), 0);
+    ck_assert_int_eq(pthread_create(&t2, NULL, pl_pair_main, &ba), 0);
+    pthread_join(t1, NULL);
+    pthread_join(t2, NULL);
+    ck_assert_int_eq(ab.err, 0);
+    ck_assert_int_eq(ba.err, 0);
+    ck_assert_uint_eq(ab.ok, 300);
+    ck_assert_uint_eq(ba.ok, 300);
+    ck_assert_uint_eq(server_received(a), 300);
+    ck_assert_uint_eq(server_received(b), 300);
+    server_free(a);
+    server_free(b);
+}
+END_TEST
+
 static Suite *tcp_suite(void)
 {
-    Suite *s = suite_create("tcp");
+    Suite *s = suite_create(shared_mode ? "tcp (shared loop)" : "tcp");
     TCase *basic = tcase_create("rpc");
     tcase_set_timeout(basic, 120);
     tcase_add_test(basic, test_addresses_and_options);
@@ -1807,11 +1971,23 @@ static Suite *tcp_suite(void)
     tcase_add_test(life, test_server_close_with_rpcs_held);
     tcase_add_test(life, test_detach_waits_for_handler);
     suite_add_tcase(s, life);
+
+    TCase *shared = tcase_create("shared loop");
+    tcase_set_timeout(shared, 120);
+    tcase_add_test(shared, test_shared_loop_lifecycle);
+    tcase_add_test(shared, test_shared_loop_pipelines_both_ways);
+    suite_add_tcase(s, shared);
+
+    TCase *all[] = {basic, pipe, snap, bad, life, shared};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) {
+        tcase_add_checked_fixture(all[i], shared_loop_setup, shared_loop_teardown);
+    }
     return s;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    shared_mode = argc > 1 && strcmp(argv[1], "shared-loop") == 0;
     SRunner *sr = srunner_create(tcp_suite());
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
