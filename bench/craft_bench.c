@@ -9,7 +9,7 @@
  *               [--max-inflight I] [--max-uncommitted U] [--dir DIR]
  *               [--progress-ms MS] [--no-election] [--stats] [--verbose]
  *               [--async] [--apply-inline] [--wait-spin-us US]
- *               [--shared-loop]
+ *               [--shared-loop] [--loops N]
  *
  * C client threads each keep K applies of P bytes outstanding against the
  * leader (closed loop; K = 1 by default: apply, wait, repeat). A client
@@ -27,9 +27,10 @@
  *
  * The FSM only counts bytes. sqlite stores live in a fresh temporary
  * directory under DIR (default $TMPDIR or /tmp) with durability full, and
- * are removed at exit. tcp binds 127.0.0.1 on free ports; with
- * --shared-loop the nodes' TCP transports share one event-loop thread
- * (craft_tcp_loop_t) instead of running one each.
+ * are removed at exit. tcp binds 127.0.0.1 on free ports; with --loops N
+ * the nodes' TCP transports run on N shared event-loop threads
+ * (craft_tcp_loop_t; node i on loop i mod N) instead of one each;
+ * --shared-loop is --loops 1.
  */
 #include <errno.h>
 #include <ftw.h>
@@ -74,7 +75,7 @@ typedef struct opts {
     bool async; /* clients driven by completion callbacks, no thread each */
     bool apply_inline; /* config.apply_inline */
     int64_t wait_spin_us; /* config.wait_spin_us */
-    bool shared_loop; /* tcp: one craft_tcp_loop_t for every node */
+    int loops; /* tcp: shared craft_tcp_loop_t threads; 0 = one per node */
 } opts_t;
 
 static opts_t O = {
@@ -296,7 +297,7 @@ typedef struct node {
 } node_t;
 
 static node_t nodes[MAX_NODES];
-static craft_tcp_loop_t *tcp_loop; /* --shared-loop */
+static craft_tcp_loop_t *tcp_loops[MAX_NODES]; /* --loops */
 static char tmpdir[1024];
 
 static void logger(void *ctx, craft_level_t level, const char *component,
@@ -370,11 +371,12 @@ static void open_node(int i)
         if (O.max_inflight > 0) {
             to.max_inflight = O.max_inflight;
         }
-        if (O.shared_loop) {
-            if (tcp_loop == NULL && (rv = craft_tcp_loop_new(&tcp_loop)) != 0) {
+        if (O.loops > 0) {
+            craft_tcp_loop_t **l = &tcp_loops[i % O.loops];
+            if (*l == NULL && (rv = craft_tcp_loop_new(l)) != 0) {
                 die("tcp loop", rv);
             }
-            to.loop = tcp_loop;
+            to.loop = *l;
         }
         rv = craft_tcp_transport_new("127.0.0.1:0", NULL, &to, &n->trans);
         if (rv != 0) {
@@ -853,7 +855,7 @@ static void usage(const char *argv0)
             "  [--heartbeat-ms 100] [--election-ms 100] [--lease-ms 50] [--commit-ms T]\n"
             "  [--max-append M] [--max-inflight I] [--max-uncommitted U] [--dir DIR]\n"
             "  [--progress-ms 1000] [--no-election] [--stats] [--verbose] [--async]\n"
-            "  [--apply-inline] [--wait-spin-us US] [--shared-loop]\n",
+            "  [--apply-inline] [--wait-spin-us US] [--shared-loop] [--loops N]\n",
             argv0);
     exit(2);
 }
@@ -909,7 +911,9 @@ static void parse(int argc, char **argv)
         } else if (strcmp(a, "--apply-inline") == 0) {
             O.apply_inline = true;
         } else if (strcmp(a, "--shared-loop") == 0) {
-            O.shared_loop = true;
+            O.loops = 1;
+        } else if (OPT("--loops")) {
+            O.loops = atoi(v);
         } else if (strcmp(a, "--verbose") == 0) {
             O.verbose = true;
         } else {
@@ -918,7 +922,8 @@ static void parse(int argc, char **argv)
 #undef OPT
     }
     if (O.nodes < 1 || O.nodes > MAX_NODES || O.clients < 1 ||
-        O.clients > MAX_CLIENTS || O.depth < 1 || O.depth > 4096 ||
+        O.clients > MAX_CLIENTS || O.depth < 1 || O.depth > 4096 || O.loops < 0 ||
+        O.loops > MAX_NODES ||
         O.seconds <= 0 || O.warmup < 0 || O.progress_ms < 0 ||
         (strcmp(O.transport, "inmem") != 0 && strcmp(O.transport, "tcp") != 0) ||
         (strcmp(O.store, "inmem") != 0 && strcmp(O.store, "sqlite") != 0)) {
@@ -1051,14 +1056,14 @@ int main(int argc, char **argv)
 
     printf("{\"impl\":\"craft\",\"nodes\":%d,\"transport\":\"%s\",\"store\":\"%s\","
            "\"clients\":%d,\"depth\":%d,\"async\":%s,\"apply_inline\":%s,"
-           "\"wait_spin_us\":%lld,\"shared_loop\":%s,\"payload\":%zu,"
+           "\"wait_spin_us\":%lld,\"loops\":%d,\"payload\":%zu,"
            "\"seconds\":%.2f,"
            "\"ops\":%llu,\"ops_per_sec\":%.1f,\"p50_us\":%llu,\"p99_us\":%llu,"
            "\"max_us\":%llu,\"election_ms\":%.1f,\"rss_kb\":%ld,"
            "\"rss_peak_kb\":%ld,\"rss_anon_kb\":%ld,\"retries\":%llu,\"failures\":%llu}\n",
            O.nodes, O.transport, O.store, O.clients, O.depth, O.async ? "true" : "false",
            O.apply_inline ? "true" : "false", (long long)O.wait_spin_us,
-           O.shared_loop && strcmp(O.transport, "tcp") == 0 ? "true" : "false",
+           strcmp(O.transport, "tcp") == 0 ? O.loops : 0,
            O.payload, window,
            (unsigned long long)ops, (double)ops / window,
            (unsigned long long)hist_pct(all, 0.50),
@@ -1069,7 +1074,9 @@ int main(int argc, char **argv)
     fflush(stdout);
 
     stop_cluster();
-    craft_tcp_loop_free(tcp_loop); /* its transports are closed */
+    for (int i = 0; i < MAX_NODES; i++) {
+        craft_tcp_loop_free(tcp_loops[i]); /* their transports are closed */
+    }
     free(all);
     free(clients);
     free(payload_buf);

@@ -319,15 +319,19 @@ static void handle_response(craft__repl_t *p, int rv, const craft_append_entries
     }
     free(tag);
     craft__mutex_lock(&p->mu);
-    /* The replication thread only waits on us when the window is full
-     * (or to learn of a failure): don't wake it for every response. */
+    /* The replication thread waits on us only for room in a full window
+     * with entries left to send, or to learn of a failure: don't wake it
+     * for other responses (at one client the slower peer's response
+     * usually finds its window full and nothing new to send). */
     bool was_full = p->inflight >= (size_t)r->conf.max_inflight;
     p->inflight--;
     if (failed) {
         p->pipe_failed = true;
     }
+    bool wake = failed || (was_full && !p->sending &&
+                           p->pipe_next <= atomic_load(&r->last_log_index));
     craft__mutex_unlock(&p->mu);
-    if (failed || was_full) {
+    if (wake) {
         craft__cond_signal(&p->cond);
     }
 }
@@ -544,8 +548,16 @@ static void *repl_main(void *arg)
                 }
                 continue;
             }
-            if (atomic_load(&p->next_index) > atomic_load(&r->last_log_index) &&
-                !pipe_unsupported) {
+            /* Pipeline once the peer is within one batch of the tail (as
+             * hashicorp does after a successful replicateTo). Waiting for
+             * next > last instead kept a peer out of the pipeline for good
+             * under a steady stream of applies: each synchronous round
+             * trip let a few more entries in behind it. */
+            uint64_t next_now = atomic_load(&p->next_index);
+            uint64_t last_now = atomic_load(&r->last_log_index);
+            if (!pipe_unsupported &&
+                (next_now > last_now ||
+                 last_now - next_now < (uint64_t)r->conf.max_append_entries)) {
                 if (run_pipeline(p) == CRAFT_ENOTSUP) {
                     pipe_unsupported = true;
                 }
