@@ -45,6 +45,9 @@ static void future_unref(craft_future_t *f)
     }
 }
 
+/* Depth of on_done callbacks run by craft__future_complete on this thread. */
+static _Thread_local int in_callback;
+
 bool craft__future_complete(craft_future_t *f, int err)
 {
     craft__mutex_lock(&f->mu);
@@ -67,10 +70,17 @@ bool craft__future_complete(craft_future_t *f, int err)
     craft__cond_broadcast(&f->cond);
     craft__entry_unref(entry);
     if (cb != NULL) {
+        in_callback++;
         cb(f, arg);
+        in_callback--;
     }
     future_unref(f);
     return true;
+}
+
+bool craft__future_in_callback(void)
+{
+    return in_callback > 0;
 }
 
 craft_future_t *craft__future_failed(int err)

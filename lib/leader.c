@@ -152,7 +152,10 @@ static void dispatch(craft_t *r, craft_future_t **fs, size_t n)
     craft__stage_commit(r); /* commits made by the replication side */
     int64_t t0 = craft__now_ns();
     int rv = r->logs->store_logs(r->logs->ctx, logs, n);
-    atomic_fetch_add(&r->st_store_us, (uint64_t)(craft__now_ns() - t0) / 1000);
+    int64_t took = craft__now_ns() - t0;
+    int64_t avg = atomic_load_explicit(&r->store_avg_ns, memory_order_relaxed);
+    atomic_store_explicit(&r->store_avg_ns, avg + (took - avg) / 8, memory_order_relaxed);
+    atomic_fetch_add(&r->st_store_us, (uint64_t)took / 1000);
     atomic_fetch_add(&r->st_store_n, 1);
     free(logs);
     if (rv != 0) {
@@ -756,8 +759,23 @@ static void leader_tail(craft_t *r)
     }
 }
 
+/* Above this average store_logs time, an apply submitted from a completion
+ * callback goes to the run thread (see craft__leader_apply_inline). */
+#define INLINE_STORE_MAX_NS CRAFT__US(100)
+
 bool craft__leader_apply_inline(craft_t *r, craft_future_t *f)
 {
+    /* An application driving craft with completion callbacks submits its
+     * next apply from the thread that completed the last one (a transport's
+     * or craft's). Handled here, each apply would be its own store write on
+     * that thread, one after the other: with a store that syncs (~1 ms) a
+     * callback-driven application got no group commit at all, and the
+     * transport thread handled no traffic meanwhile. Queued instead, the run
+     * thread writes whatever arrived meanwhile as one batch. */
+    if (craft__future_in_callback() &&
+        atomic_load_explicit(&r->store_avg_ns, memory_order_relaxed) >= INLINE_STORE_MAX_NS) {
+        return false;
+    }
     if (!atomic_load(&r->run_token_live) || atomic_load(&r->state) != CRAFT_LEADER ||
         craft__mutex_trylock(&r->run_token) != 0) {
         return false;

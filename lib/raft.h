@@ -196,6 +196,8 @@ struct craft {
     _Atomic uint64_t st_applies, st_commits, st_elections, st_prevotes, st_fsm_applied,
         st_rpcs, st_commit_us, st_commit_n, st_fsm_us, st_fsm_batches, st_fsm_inline_batches,
         st_store_us, st_store_n;
+    /* Moving average (1/8 weight) of the leader's store_logs calls. */
+    _Atomic int64_t store_avg_ns;
 
     /* coalesced signals to run */
     craft__msg_t commit_msg;
