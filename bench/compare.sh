@@ -14,9 +14,11 @@
 # -S US: craft's waiting client threads poll their future for up to US
 #     microseconds before sleeping (craft-bench --wait-spin-us,
 #     config.wait_spin_us); Go's scheduler spins on its own.
-# -L: craft's three nodes run their TCP transports on one shared event-loop
-#     thread (craft-bench --shared-loop, craft_tcp_loop_t), as Go's three
-#     nodes share its network poller.
+# -L: in the inmem mode craft's three nodes run their TCP transports on one
+#     shared event-loop thread (craft-bench --shared-loop, craft_tcp_loop_t),
+#     as Go's three nodes share its network poller. The durable mode keeps a
+#     loop per node: a follower writes (and syncs) on its loop thread, and a
+#     shared loop would serialise the three nodes' disk writes.
 #
 # Modes (both over TCP on 127.0.0.1, 3 nodes, timeouts 100/100/50 ms):
 #   durable  craft --store sqlite (durability full)  vs  hashicorp bolt
@@ -65,10 +67,10 @@ while getopts s:w:r:c:p:m:b:o:aiS:L o; do
     i) inline="--apply-inline" ;;
     S) spin="--wait-spin-us $OPTARG" ;;
     L) loop="--shared-loop" ;;
-    *) sed -n '2,37p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,39p' "$0" >&2; exit 2 ;;
     esac
 done
-cflags="$async $inline $spin $loop" # craft-bench's extra flags
+cflags="$async $inline $spin" # craft-bench's extra flags (+ $loop in inmem)
 [ -n "$out" ] || out=$(mktemp /tmp/compare-XXXXXX.jsonl)
 : >"$out"
 
@@ -86,12 +88,17 @@ echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ) $(uname -r) nproc=$(nproc) $(go version |
 if [ -n "$async" ]; then kind="callbacks (--async)"; else kind="one thread each"; fi
 if [ -n "$inline" ]; then kind="$kind, apply_inline"; fi
 if [ -n "$spin" ]; then kind="$kind, wait_spin_us ${spin#--wait-spin-us }"; fi
-if [ -n "$loop" ]; then kind="$kind, shared loop"; fi
+if [ -n "$loop" ]; then kind="$kind, shared loop (inmem)"; fi
 echo "# craft $(git -C "$src" rev-parse --short HEAD 2>/dev/null || echo '?'), ${secs}s per cell, ${warm}s warm-up, $reps repeats, craft clients: $kind, results in $out"
 
 run() { # impl transport store clients payload
     extra=""
-    if [ "$1" = craft ]; then bin=$craft; extra=$cflags; else bin=$hashi; fi
+    if [ "$1" = craft ]; then
+        bin=$craft; extra=$cflags
+        if [ "$mode" = inmem ]; then extra="$extra $loop"; fi
+    else
+        bin=$hashi
+    fi
     # shellcheck disable=SC2086 # $extra is flags or nothing
     line=$("$bin" --transport "$2" --store "$3" --clients "$4" --payload "$5" \
         --seconds "$secs" --warmup "$warm" --progress-ms 0 $extra 2>>"$out.stderr") || true
@@ -115,6 +122,7 @@ durable) wtr=tcp wcs=sqlite whs=bolt ;;
 esac
 for impl in craft hashicorp; do
     if [ "$impl" = craft ]; then bin=$craft; wstore=$wcs; extra=$cflags; else bin=$hashi; wstore=$whs; extra=""; fi
+    if [ "$impl" = craft ] && [ "$first_mode" = inmem ]; then extra="$extra $loop"; fi
     # shellcheck disable=SC2086 # $extra is flags or nothing
     "$bin" --transport "$wtr" --store "$wstore" --clients 1 --payload 64 \
         --seconds 3 --warmup 1 --progress-ms 0 --no-election $extra >/dev/null 2>>"$out.stderr" || true
