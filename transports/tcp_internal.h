@@ -6,7 +6,11 @@
  * ------
  * One loop thread owns the event_base, the listener and every bufferevent
  * (no bufferevent is touched by another thread, so none needs its own
- * lock). A connection's bufferevent writes and connects; the loop reads the
+ * lock). The loop (struct craft_tcp_loop) is the transport's own unless the
+ * application shares one between transports; either way a transport's
+ * sockets, tasks and `wakeup` event live on it, and close() runs TASK_STOP
+ * there and waits for `torn_down` instead of stopping the thread, which the
+ * loop's last reference does. A connection's bufferevent writes and connects; the loop reads the
  * socket itself, straight into the connection's linear buffer (libevent
  * would ask FIONREAD before every read and copy through its own buffer).
  * Other threads hand work to the loop as tasks: small nodes embedded in
