@@ -10,7 +10,8 @@
 #include "../testutil.h"
 #include "cluster.h"
 
-/* ---- A log store that fails one write after the followers acked it ---- */
+/* ---- A log store wrapper: fails one write after the followers acked it
+ * (armed), or takes 1 ms per write (slow: a node on a slow disk) ---- */
 
 typedef struct ack_then_fail {
     craft_log_store_t vt;
@@ -19,6 +20,7 @@ typedef struct ack_then_fail {
     size_t self;
     atomic_bool armed;
     atomic_bool fired;
+    atomic_bool slow;
 } ack_then_fail_t;
 
 static ack_then_fail_t *stores[TC_MAX];
@@ -53,6 +55,9 @@ static int atf_delete(void *ctx, uint64_t a, uint64_t b)
 static int atf_store(void *ctx, const craft_log_t *logs, size_t n)
 {
     ack_then_fail_t *s = ctx;
+    if (atomic_load(&s->slow)) {
+        tu_sleep_ms(1);
+    }
     if (n > 0 && atomic_exchange(&s->armed, false)) {
         uint64_t last = logs[n - 1].index;
         for (int k = 0; k < 4000; k++) {
@@ -168,78 +173,6 @@ START_TEST(test_apply_future_completes_when_leader_store_fails_after_acks)
 }
 END_TEST
 
-/* ---- A log store that can be made slow (a follower on a slow disk) ---- */
-
-typedef struct slow_store {
-    craft_log_store_t vt;
-    craft_log_store_t *inner;
-    atomic_bool slow;
-} slow_store_t;
-
-static slow_store_t *slow_stores[TC_MAX];
-
-static int ss_first(void *ctx, uint64_t *i)
-{
-    slow_store_t *s = ctx;
-    return s->inner->first_index(s->inner->ctx, i);
-}
-
-static int ss_last(void *ctx, uint64_t *i)
-{
-    slow_store_t *s = ctx;
-    return s->inner->last_index(s->inner->ctx, i);
-}
-
-static int ss_get(void *ctx, uint64_t i, craft_log_t *out)
-{
-    slow_store_t *s = ctx;
-    return s->inner->get_log(s->inner->ctx, i, out);
-}
-
-static int ss_delete(void *ctx, uint64_t a, uint64_t b)
-{
-    slow_store_t *s = ctx;
-    return s->inner->delete_range(s->inner->ctx, a, b);
-}
-
-static int ss_store(void *ctx, const craft_log_t *logs, size_t n)
-{
-    slow_store_t *s = ctx;
-    if (atomic_load(&s->slow)) {
-        tu_sleep_ms(1);
-    }
-    return s->inner->store_logs(s->inner->ctx, logs, n);
-}
-
-static void ss_close(void *ctx)
-{
-    slow_store_t *s = ctx;
-    s->inner->close(s->inner->ctx);
-    free(s);
-}
-
-static int open_slow(const char *dir, size_t i, craft_log_store_t **log,
-                     craft_stable_store_t **stable)
-{
-    (void)dir;
-    slow_store_t *s = calloc(1, sizeof *s);
-    int rv = craft_inmem_store_new(&s->inner, stable);
-    if (rv != 0) {
-        free(s);
-        return rv;
-    }
-    s->vt.ctx = s;
-    s->vt.first_index = ss_first;
-    s->vt.last_index = ss_last;
-    s->vt.get_log = ss_get;
-    s->vt.store_logs = ss_store;
-    s->vt.delete_range = ss_delete;
-    s->vt.close = ss_close;
-    slow_stores[i] = s;
-    *log = &s->vt;
-    return 0;
-}
-
 typedef struct {
     craft_t *leader;
     atomic_bool stop;
@@ -289,12 +222,12 @@ static bool peer_pipelining(craft_t *leader, const char *id)
  * lucky within 0.3-3 s here), the benchmark's peer never did. */
 START_TEST(test_slow_follower_pipelines_under_steady_load)
 {
-    tc_cluster_t *c = tc_new_stores(3, 3, NULL, open_slow);
+    tc_cluster_t *c = tc_new_stores(3, 3, NULL, open_atf);
     int l = tc_leader(c, TC_WAIT_MS);
     ck_assert_int_ge(l, 0);
     ck_assert_uint_eq(tc_apply_n(c, "warm", 3), 3);
     size_t slow = (size_t)(l + 1) % 3;
-    atomic_store(&slow_stores[slow]->slow, true);
+    atomic_store(&stores[slow]->slow, true);
 
     steady_load_t ld = {.leader = c->nodes[l].r};
     atomic_init(&ld.stop, false);
@@ -321,7 +254,7 @@ START_TEST(test_slow_follower_pipelines_under_steady_load)
     ck_assert_msg(atomic_load(&ld.done) > 200, "the load stalled: %zu applies",
                   atomic_load(&ld.done));
     ck_assert_msg(pipelined, "the slow follower never left synchronous replication");
-    atomic_store(&slow_stores[slow]->slow, false);
+    atomic_store(&stores[slow]->slow, false);
     tc_free(c);
 }
 END_TEST
@@ -380,18 +313,18 @@ static bool chains_finished(void *arg)
  * leader whose store takes 1 ms per write must share writes. */
 START_TEST(test_callback_clients_get_group_commit)
 {
-    tc_cluster_t *c = tc_new_stores(3, 3, NULL, open_slow);
+    tc_cluster_t *c = tc_new_stores(3, 3, NULL, open_atf);
     int l = tc_leader(c, TC_WAIT_MS);
     ck_assert_int_ge(l, 0);
     ck_assert_uint_eq(tc_apply_n(c, "warm", 3), 3);
     l = tc_leader(c, TC_WAIT_MS);
     ck_assert_int_ge(l, 0);
-    atomic_store(&slow_stores[l]->slow, true);
+    atomic_store(&stores[l]->slow, true);
     /* Let the leader learn that its writes are slow. */
     ck_assert_uint_eq(tc_apply_n(c, "slow", 16), 16);
     l = tc_leader(c, TC_WAIT_MS);
     ck_assert_int_ge(l, 0);
-    ck_assert(atomic_load(&slow_stores[l]->slow)); /* no election meanwhile */
+    ck_assert(atomic_load(&stores[l]->slow)); /* no election meanwhile */
 
     craft_stats_t before;
     craft_stats(c->nodes[l].r, &before);
@@ -418,7 +351,7 @@ START_TEST(test_callback_clients_get_group_commit)
                   (unsigned long long)applies, (unsigned long long)writes);
     /* Applies still in flight complete (or fail at shutdown) inside
      * tc_free, while `chains` is still in scope. */
-    atomic_store(&slow_stores[l]->slow, false);
+    atomic_store(&stores[l]->slow, false);
     tc_free(c);
 }
 END_TEST
