@@ -6,11 +6,11 @@
  * prepared once at open and kept until the last of the two stores closes.
  */
 #include "craft/sqlite.h"
+#include "lib/logger.h"
 
 #include <inttypes.h>
 #include <pthread.h>
 #include <sqlite3.h>
-#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -105,8 +105,7 @@ typedef struct sq_db {
     uint64_t staged_commit;
     bool staged;
     int refs; /* open stores: 2, then 1, then freed */
-    craft_logger_fn logger;
-    void *logger_ctx;
+    craft__logger_t lg;
     char *path;
     craft_log_store_t log;
     craft_stable_store_t stable;
@@ -114,36 +113,9 @@ typedef struct sq_db {
 
 /* ---- logging -------------------------------------------------------- */
 
-static const char *sq_level_name(craft_level_t level)
-{
-    switch (level) {
-    case CRAFT_LEVEL_TRACE:
-        return "TRACE";
-    case CRAFT_LEVEL_DEBUG:
-        return "DEBUG";
-    case CRAFT_LEVEL_INFO:
-        return "INFO";
-    case CRAFT_LEVEL_WARN:
-        return "WARN";
-    default:
-        return "ERROR";
-    }
-}
-
-__attribute__((format(printf, 3, 4))) static void
-sq_log(const sq_db_t *d, craft_level_t level, const char *fmt, ...)
-{
-    char msg[1024];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    if (d->logger != NULL) {
-        d->logger(d->logger_ctx, level, "sqlite", msg);
-    } else if (level >= CRAFT_LEVEL_WARN) {
-        fprintf(stderr, "[%s] sqlite: %s\n", sq_level_name(level), msg);
-    }
-}
+/* Through the library's logger: options.logger at every level, or stderr
+ * for warnings and errors when there is none. */
+#define sq_log(d, level, ...) craft__log(&(d)->lg, (level), "sqlite", __VA_ARGS__)
 
 /* ---- CRC-32C of an entry -------------------------------------------- */
 
@@ -831,7 +803,7 @@ static int sq_stable_get_uint64(void *ctx, const char *key, uint64_t *val)
         return rv;
     }
     if (len != 8) {
-        sq_log(ctx, CRAFT_LEVEL_ERROR,
+        sq_log((const sq_db_t *)ctx, CRAFT_LEVEL_ERROR,
                "get_uint64: value is %zu bytes, not 8 key=%s", len, key);
         free(buf);
         return CRAFT_ECORRUPT;
@@ -1144,8 +1116,10 @@ int craft_sqlite_open(const char *path, const craft_sqlite_options_t *opts,
     if (d == NULL) {
         return CRAFT_ENOMEM;
     }
-    d->logger = o.logger;
-    d->logger_ctx = o.logger_ctx;
+    d->lg.fn = o.logger != NULL ? o.logger : craft__stderr_logger;
+    d->lg.ctx = o.logger_ctx;
+    d->lg.level = o.logger != NULL ? CRAFT_LEVEL_TRACE : CRAFT_LEVEL_WARN;
+    d->lg.prefix = NULL;
     d->refs = 2;
     d->path = strdup(path);
     if (d->path == NULL) {
