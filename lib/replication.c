@@ -553,11 +553,9 @@ static void *repl_main(void *arg)
              * next > last instead kept a peer out of the pipeline for good
              * under a steady stream of applies: each synchronous round
              * trip let a few more entries in behind it. */
-            uint64_t next_now = atomic_load(&p->next_index);
-            uint64_t last_now = atomic_load(&r->last_log_index);
             if (!pipe_unsupported &&
-                (next_now > last_now ||
-                 last_now - next_now < (uint64_t)r->conf.max_append_entries)) {
+                atomic_load(&r->last_log_index) <
+                    atomic_load(&p->next_index) + (uint64_t)r->conf.max_append_entries) {
                 if (run_pipeline(p) == CRAFT_ENOTSUP) {
                     pipe_unsupported = true;
                 }

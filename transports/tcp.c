@@ -309,7 +309,6 @@ static void tcp_close(void *ctx)
 
     event_free(t->wakeup);
     t->wakeup = NULL;
-    t->base = NULL;
     loop_unref(t->loop);
     t->loop = NULL;
     /* The loop thread made every handler call: none is in progress. */
@@ -412,9 +411,8 @@ int craft_tcp_transport_new(const char *bind, const char *advertise,
         }
         rv = CRAFT_ENOMEM;
     }
-    t->base = t->loop->base;
     t->listener = evconnlistener_new_bind(
-        t->base, craft__tcp_on_accept, t,
+        t->loop->base, craft__tcp_on_accept, t,
         LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE | LEV_OPT_CLOSE_ON_EXEC | LEV_OPT_DISABLED,
         -1,
         (struct sockaddr *)&bind_sa, (int)bind_len);
@@ -440,7 +438,7 @@ int craft_tcp_transport_new(const char *bind, const char *advertise,
         }
     }
     craft__tcp_format_addr((struct sockaddr *)&adv_sa, t->local_addr, sizeof t->local_addr);
-    t->wakeup = event_new(t->base, -1, 0, on_wakeup, t);
+    t->wakeup = event_new(t->loop->base, -1, 0, on_wakeup, t);
     if (t->wakeup == NULL) {
         goto err_after_listener;
     }

@@ -575,9 +575,9 @@ conn_t *craft__tcp_conn_new(tcp_t *t, struct bufferevent *bev, bool inbound)
         bufferevent_free(bev);
         return NULL;
     }
-    c->timer = evtimer_new(t->base, inbound ? craft__tcp_in_timer_cb : craft__tcp_out_timer_cb, c);
-    c->flush = event_new(t->base, -1, 0, conn_flush_cb, c);
-    c->rd = event_new(t->base, bufferevent_getfd(bev), EV_READ | EV_PERSIST,
+    c->timer = evtimer_new(t->loop->base, inbound ? craft__tcp_in_timer_cb : craft__tcp_out_timer_cb, c);
+    c->flush = event_new(t->loop->base, -1, 0, conn_flush_cb, c);
+    c->rd = event_new(t->loop->base, bufferevent_getfd(bev), EV_READ | EV_PERSIST,
                       craft__tcp_conn_read_cb, c);
     if (c->timer == NULL || c->flush == NULL || c->rd == NULL ||
         pthread_mutex_init(&c->wmu, NULL) != 0) {
@@ -694,7 +694,7 @@ conn_t *craft__tcp_dial(tcp_t *t, peer_t *peer, const struct sockaddr_storage *s
                         socklen_t salen)
 {
     struct bufferevent *bev =
-        bufferevent_socket_new(t->base, -1, BEV_OPT_CLOSE_ON_FREE);
+        bufferevent_socket_new(t->loop->base, -1, BEV_OPT_CLOSE_ON_FREE);
     if (bev == NULL) {
         return NULL;
     }

@@ -200,7 +200,6 @@ struct tcp {
     atomic_int refs;
 
     craft_tcp_loop_t *loop; /* referenced; private or shared */
-    struct event_base *base; /* loop->base */
     struct evconnlistener *listener;
     struct event *wakeup;
 
