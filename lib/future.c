@@ -45,7 +45,7 @@ static void future_unref(craft_future_t *f)
     }
 }
 
-/* Depth of on_done callbacks run by craft__future_complete on this thread. */
+/* Depth of on_done callbacks running on this thread. */
 static _Thread_local int in_callback;
 
 bool craft__future_complete(craft_future_t *f, int err)
@@ -315,7 +315,9 @@ void craft_future_on_done(craft_future_t *f, void (*cb)(craft_future_t *, void *
     }
     craft__mutex_unlock(&f->mu);
     if (cb != NULL) {
+        in_callback++;
         cb(f, arg);
+        in_callback--;
     }
 }
 

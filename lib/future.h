@@ -66,9 +66,9 @@ craft_future_t *craft__future_new(craft__future_kind_t kind);
 /* Completes (first call only; later calls are ignored and return false) and
  * drops craft's reference. Runs the on_done callback. */
 bool craft__future_complete(craft_future_t *f, int err);
-/* Whether the calling thread is inside an on_done callback run by
+/* Whether the calling thread is inside an on_done callback: run by
  * craft__future_complete (on whichever craft or transport thread completed
- * the future). */
+ * the future) or at once by craft_future_on_done (already complete). */
 bool craft__future_in_callback(void);
 /* The process-wide state of spinning waits (config.wait_spin_us), for
  * tests: the most threads that may spin, threads waiting on spin-enabled

@@ -310,7 +310,11 @@ static bool chains_finished(void *arg)
  * thread per client). Applies submitted from a completion callback now go
  * to the run thread when the leader's writes are slow (average >= 100 us),
  * which writes whatever queued meanwhile as one batch. Eight chains on a
- * leader whose store takes 1 ms per write must share writes. */
+ * leader whose store takes 1 ms per write must share writes. (Review found
+ * this test failing one run in ten under load: on an apply_inline leader an
+ * apply could complete inside craft_apply, so craft_future_on_done ran the
+ * callback at once on the caller's thread, which did not count as callback
+ * context; it does now.) */
 START_TEST(test_callback_clients_get_group_commit)
 {
     tc_cluster_t *c = tc_new_stores(3, 3, NULL, open_atf);
