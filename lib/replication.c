@@ -733,8 +733,11 @@ void craft__repl_replicate(craft__repl_t *p)
     craft__mutex_lock(&p->mu);
     p->sending = false;
     /* The replication thread waits for us when the pipeline is closing,
-     * and must learn of a failure we hit. */
-    bool wake = !p->pipe_ready || p->pipe_failed || p->stop;
+     * must learn of a failure we hit, and takes over entries we left for
+     * want of room (a response that made room while we were sending did
+     * not wake it: handle_response leaves a busy sender alone). */
+    bool wake = !p->pipe_ready || p->pipe_failed || p->stop ||
+                p->pipe_next <= atomic_load(&p->r->last_log_index);
     craft__mutex_unlock(&p->mu);
     if (wake) {
         craft__cond_signal(&p->cond);
