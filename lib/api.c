@@ -255,6 +255,8 @@ int craft_new(craft_t **out, const craft_config_t *config, craft_fsm_t *fsm,
     r->verify_ack_msg.type = CRAFT__RUN_VERIFY_ACK;
     r->shutdown_msg.type = CRAFT__RUN_SHUTDOWN;
     r->reload_msg.type = CRAFT__RUN_RELOAD;
+    atomic_init(&r->snapshot_cap, 0);
+    atomic_init(&r->snapshot_kick_posted, false);
     atomic_init(&r->ht_ms, config->heartbeat_timeout_ms);
     atomic_init(&r->et_ms, config->election_timeout_ms);
     atomic_init(&r->snapshot_interval_ms, config->snapshot_interval_ms);

@@ -92,6 +92,7 @@ static void apply_batch(fsm_state_t *s, size_t n, craft__queue_t *futures)
     s->applied = last;
     s->applied_term = s->ents[n - 1]->log.term;
     atomic_store(&r->applied_index, last);
+    craft__snapshot_check_growth(r, last);
     complete_upto(s, futures, last, ncmd);
     /* Responses nobody waits for. */
     for (size_t i = 0; i < ncmd; i++) {

@@ -249,6 +249,13 @@ struct craft {
     craft__thread_t snapshot_thread;
     craft__mailbox_t snapshot_mb;
     bool snapshot_thread_started;
+    /* Growth cap (see craft__snapshot_check_growth): once applied_index is
+     * this far past last_snapshot_index the snapshot thread is woken at
+     * once instead of at its next interval tick. 0 = off. Drawn by the
+     * snapshot thread in [2, 3) x snapshot_threshold. */
+    _Atomic uint64_t snapshot_cap;
+    craft__msg_t snapshot_kick_msg; /* coalesced: posted while kick_posted */
+    atomic_bool snapshot_kick_posted;
     craft_configuration_t committed_copy; /* under mu: for the snapshot thread */
     uint64_t committed_copy_index;        /* under mu */
     craft__install_t *install;            /* run: InstallSnapshot in progress */
@@ -349,6 +356,10 @@ int craft__send_timeout_now(craft_t *r, const char *id, const char *addr);
 
 /* ---- snapshot.c ---- */
 void *craft__snapshot_main(void *arg);
+/* Called where applied_index advances: wakes the snapshot thread when the
+ * entries applied since the last snapshot reach r->snapshot_cap. Cheap (two
+ * atomic loads) when they don't. */
+void craft__snapshot_check_growth(craft_t *r, uint64_t applied);
 /* Asks the fsm thread to restore stored snapshot `id` at index/term; waits. */
 int craft__fsm_restore(craft_t *r, const char *id, uint64_t index, uint64_t term);
 /* Publishes r->committed for the snapshot thread (run thread). */

@@ -161,10 +161,63 @@ static bool should_snapshot(craft_t *r)
     return last > snap && last - snap >= threshold;
 }
 
+/*
+ * The growth cap. hashicorp checks snapshot_threshold only every
+ * snapshot_interval (randomised SI..2SI, default 120 s), so under load the
+ * log grows by the write rate times up to 2 SI between snapshots, whatever
+ * the threshold: at 50k entries/s that is 12 million entries, all kept by an
+ * in-memory store and by the log cache's reader. craft keeps the interval
+ * check (it staggers the nodes' snapshots) and also wakes the snapshot
+ * thread at once when the FSM has applied 2-3 thresholds past the last
+ * snapshot, so the log stays within trailing_logs + 3 x threshold entries
+ * (plus what arrives while a snapshot is taken) at any rate. The factor is
+ * drawn per node and per snapshot, to keep the nodes' snapshots staggered.
+ */
+static void draw_cap(craft_t *r)
+{
+    uint64_t t = atomic_load(&r->snapshot_threshold);
+    uint64_t cap = 0;
+    if (r->snaps != NULL && t > 0 && t <= (uint64_t)INT64_MAX / 4) {
+        cap = 2 * t + (uint64_t)craft__rand_range(0, (int64_t)t);
+    }
+    atomic_store(&r->snapshot_cap, cap);
+}
+
+void craft__snapshot_check_growth(craft_t *r, uint64_t applied)
+{
+    uint64_t cap = atomic_load(&r->snapshot_cap);
+    uint64_t snap = atomic_load(&r->last_snapshot_index);
+    if (cap == 0 || applied <= snap || applied - snap < cap) {
+        return;
+    }
+    /* One kick at a time: the snapshot thread clears the flag after a
+     * snapshot succeeded, or at its next interval tick after one failed, so
+     * a snapshot that keeps failing is retried once per interval, not once
+     * per applied batch. */
+    if (!atomic_exchange(&r->snapshot_kick_posted, true)) {
+        (void)craft__mailbox_post(&r->snapshot_mb, &r->snapshot_kick_msg);
+    }
+}
+
+/* A snapshot taken by the interval tick or the growth cap. Returns true when
+ * a snapshot was taken. */
+static bool auto_snapshot(craft_t *r, const char *why)
+{
+    char *id = NULL;
+    int rv = take_snapshot(r, &id);
+    if (rv != 0 && rv != CRAFT_ENOTHINGNEW && rv != CRAFT_ESHUTDOWN) {
+        CRAFT__ERROR(&r->log, "snapshot", "failed to take snapshot (%s): %s", why,
+                     craft_strerror(rv));
+    }
+    free(id);
+    return rv == 0;
+}
+
 void *craft__snapshot_main(void *arg)
 {
     craft_t *r = arg;
     craft__set_craft_thread(r);
+    draw_cap(r);
     int64_t deadline =
         craft__now_ns() + craft__random_timeout_ns(atomic_load(&r->snapshot_interval_ms));
     for (;;) {
@@ -179,13 +232,19 @@ void *craft__snapshot_main(void *arg)
             deadline = craft__now_ns() +
                        craft__random_timeout_ns(atomic_load(&r->snapshot_interval_ms));
             if (should_snapshot(r)) {
-                char *id = NULL;
-                int rv = take_snapshot(r, &id);
-                if (rv != 0 && rv != CRAFT_ENOTHINGNEW && rv != CRAFT_ESHUTDOWN) {
-                    CRAFT__ERROR(&r->log, "snapshot", "failed to take snapshot: %s",
-                                 craft_strerror(rv));
-                }
-                free(id);
+                auto_snapshot(r, "interval");
+            }
+            draw_cap(r); /* the threshold may have been reloaded */
+            atomic_store(&r->snapshot_kick_posted, false);
+            continue;
+        }
+        if (m == &r->snapshot_kick_msg) {
+            if (atomic_load(&r->shutting_down)) {
+                break;
+            }
+            if (auto_snapshot(r, "log growth")) {
+                draw_cap(r);
+                atomic_store(&r->snapshot_kick_posted, false);
             }
             continue;
         }
@@ -201,7 +260,9 @@ void *craft__snapshot_main(void *arg)
     craft__mailbox_close(&r->snapshot_mb);
     craft__msg_t *m;
     while ((m = craft__mailbox_wait(&r->snapshot_mb, 0)) != NULL) {
-        craft__future_complete((craft_future_t *)m, CRAFT_ESHUTDOWN);
+        if (m != &r->snapshot_kick_msg) {
+            craft__future_complete((craft_future_t *)m, CRAFT_ESHUTDOWN);
+        }
     }
     return NULL;
 }

@@ -76,6 +76,54 @@ START_TEST(test_follower_catches_up_by_snapshot)
 }
 END_TEST
 
+/* The interval never fires here (an hour): only the growth cap snapshots. */
+static void capped_snapshots(craft_config_t *c)
+{
+    c->snapshot_threshold = 32;
+    c->snapshot_interval_ms = 3600 * 1000;
+    c->trailing_logs = 16;
+}
+
+/* Every running node has snapshotted and holds at most 3 x threshold
+ * entries (the cap is drawn in [2, 3) x threshold; compaction keeps
+ * max(trailing_logs, entries after the snapshot)). */
+static bool logs_capped(void *arg)
+{
+    tc_cluster_t *c = arg;
+    for (size_t i = 0; i < c->n; i++) {
+        craft_stats_t st;
+        craft_stats(c->nodes[i].r, &st);
+        uint64_t first = 0, last = 0;
+        if (c->nodes[i].log->first_index(c->nodes[i].log->ctx, &first) != 0 ||
+            c->nodes[i].log->last_index(c->nodes[i].log->ctx, &last) != 0) {
+            return false;
+        }
+        if (st.last_snapshot_index == 0 || first == 0 || last - first + 1 > 3 * 32) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/* hashicorp checks snapshot_threshold only once per snapshot_interval, so
+ * under load the log grows by rate x interval between snapshots; craft also
+ * snapshots when the applied entries since the last snapshot reach 2-3 x the
+ * threshold. */
+START_TEST(test_log_growth_capped_between_intervals)
+{
+    tc_cluster_t *c = tc_new_with(3, 3, capped_snapshots);
+    ck_assert_int_ge(tc_leader(c, TC_WAIT_MS), 0);
+    ck_assert_uint_eq(tc_apply_n(c, "cap", 400), 400);
+    ck_assert(tc_wait_converged(c, 400, TC_WAIT_MS));
+    ck_assert(tu_wait_for(logs_capped, c, TC_WAIT_MS));
+    for (size_t i = 0; i < c->n; i++) {
+        ck_assert(tc_fsm_has(c, i, "cap-0"));
+        ck_assert(tc_fsm_has(c, i, "cap-399"));
+    }
+    tc_free(c);
+}
+END_TEST
+
 START_TEST(test_new_voter_after_compaction)
 {
     tc_cluster_t *c = tc_new_with(3, 3, small_snapshots);
@@ -538,6 +586,7 @@ int main(int argc, char **argv)
     tcase_set_timeout(tc, 900);
     tcase_add_test(tc, test_follower_catches_up_by_snapshot);
     tcase_add_test(tc, test_new_voter_after_compaction);
+    tcase_add_test(tc, test_log_growth_capped_between_intervals);
     tcase_add_test(tc, test_restart_all_from_snapshots);
     tcase_add_test(tc, test_user_snapshot_and_restore);
     if (!tcp) {
