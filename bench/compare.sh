@@ -5,7 +5,7 @@
 #
 #   bench/compare.sh [-s SECONDS] [-w WARMUP] [-r REPEATS] [-c "1 16 64"]
 #                    [-p "64 1024"] [-m "durable inmem"] [-b BUILDDIR]
-#                    [-o RESULTS.jsonl] [-a] [-i] [-S US] [-L]
+#                    [-o RESULTS.jsonl] [-a] [-i] [-S US] [-L] [-C MS]
 # -a: craft's clients are completion callbacks (craft-bench --async) instead
 #     of one OS thread each; hashicorp's are goroutines either way.
 # -i: craft applies committed entries on the committing thread
@@ -19,6 +19,12 @@
 #     as Go's three nodes share its network poller. The durable mode keeps a
 #     loop per node: a follower writes (and syncs) on its loop thread, and a
 #     shared loop would serialise the three nodes' disk writes.
+# -C MS: both programs check for a snapshot every MS ms (--snapshot-ms:
+#     SnapshotInterval / snapshot_interval_ms, randomised MS..2MS; threshold
+#     8192 and trailing logs 10240 stay the libraries' defaults). Without it
+#     the interval is the default 120 s: hashicorp takes no snapshot in a
+#     10 s cell and keeps every entry; craft also snapshots when the log grew
+#     by 2-3 x the threshold (its growth cap), whatever the interval.
 #
 # Modes (both over TCP on 127.0.0.1, 3 nodes, timeouts 100/100/50 ms):
 #   durable  craft --store sqlite (durability full)  vs  hashicorp bolt
@@ -53,7 +59,8 @@ async=""
 inline=""
 spin=""
 loop=""
-while getopts s:w:r:c:p:m:b:o:aiS:L o; do
+snap=""
+while getopts s:w:r:c:p:m:b:o:aiS:LC: o; do
     case $o in
     s) secs=$OPTARG ;;
     w) warm=$OPTARG ;;
@@ -67,7 +74,8 @@ while getopts s:w:r:c:p:m:b:o:aiS:L o; do
     i) inline="--apply-inline" ;;
     S) spin="--wait-spin-us $OPTARG" ;;
     L) loop="--shared-loop" ;;
-    *) sed -n '2,39p' "$0" >&2; exit 2 ;;
+    C) snap="--snapshot-ms $OPTARG" ;;
+    *) sed -n '2,46p' "$0" >&2; exit 2 ;;
     esac
 done
 cflags="$async $inline $spin" # craft-bench's extra flags (+ $loop in inmem)
@@ -89,6 +97,7 @@ if [ -n "$async" ]; then kind="callbacks (--async)"; else kind="one thread each"
 if [ -n "$inline" ]; then kind="$kind, apply_inline"; fi
 if [ -n "$spin" ]; then kind="$kind, wait_spin_us ${spin#--wait-spin-us }"; fi
 if [ -n "$loop" ]; then kind="$kind, shared loop (inmem)"; fi
+if [ -n "$snap" ]; then kind="$kind; both: snapshot interval ${snap#--snapshot-ms } ms"; fi
 echo "# craft $(git -C "$src" rev-parse --short HEAD 2>/dev/null || echo '?'), ${secs}s per cell, ${warm}s warm-up, $reps repeats, craft clients: $kind, results in $out"
 
 run() { # impl transport store clients payload
@@ -99,6 +108,7 @@ run() { # impl transport store clients payload
     else
         bin=$hashi
     fi
+    extra="$extra $snap"
     # shellcheck disable=SC2086 # $extra is flags or nothing
     line=$("$bin" --transport "$2" --store "$3" --clients "$4" --payload "$5" \
         --seconds "$secs" --warmup "$warm" --progress-ms 0 $extra 2>>"$out.stderr") || true
@@ -143,9 +153,9 @@ for mode in $modes; do
             # Alternate which one goes first, so neither always runs on a
             # machine warmed (or dirtied) by the other.
             if [ $((n % 2)) -eq 0 ]; then
-                run craft $tr $cs $c $p; run hashicorp $tr $hs $c $p
+                run craft "$tr" "$cs" "$c" "$p"; run hashicorp "$tr" "$hs" "$c" "$p"
             else
-                run hashicorp $tr $hs $c $p; run craft $tr $cs $c $p
+                run hashicorp "$tr" "$hs" "$c" "$p"; run craft "$tr" "$cs" "$c" "$p"
             fi
             n=$((n + 1))
         done

@@ -9,7 +9,8 @@
  *               [--max-inflight I] [--max-uncommitted U] [--dir DIR]
  *               [--progress-ms MS] [--no-election] [--stats] [--verbose]
  *               [--async] [--apply-inline] [--wait-spin-us US]
- *               [--shared-loop] [--loops N]
+ *               [--shared-loop] [--loops N] [--snapshot-ms MS]
+ *               [--snapshot-threshold N] [--trailing-logs N]
  *
  * C client threads each keep K applies of P bytes outstanding against the
  * leader (closed loop; K = 1 by default: apply, wait, repeat). A client
@@ -76,6 +77,10 @@ typedef struct opts {
     bool apply_inline; /* config.apply_inline */
     int64_t wait_spin_us; /* config.wait_spin_us */
     int loops; /* tcp: shared craft_tcp_loop_t threads; 0 = one per node */
+    /* config.snapshot_interval_ms / snapshot_threshold / trailing_logs;
+     * 0 = the library default (120 s / 8192 / 10240) */
+    int64_t snapshot_ms;
+    long long snapshot_threshold, trailing_logs;
 } opts_t;
 
 static opts_t O = {
@@ -325,6 +330,15 @@ static void node_config(node_t *n, craft_config_t *c)
     }
     if (O.max_inflight > 0) {
         c->max_inflight = O.max_inflight;
+    }
+    if (O.snapshot_ms > 0) {
+        c->snapshot_interval_ms = O.snapshot_ms;
+    }
+    if (O.snapshot_threshold > 0) {
+        c->snapshot_threshold = (uint64_t)O.snapshot_threshold;
+    }
+    if (O.trailing_logs > 0) {
+        c->trailing_logs = (uint64_t)O.trailing_logs;
     }
     c->apply_inline = O.apply_inline;
     c->wait_spin_us = O.wait_spin_us;
@@ -855,7 +869,8 @@ static void usage(const char *argv0)
             "  [--heartbeat-ms 100] [--election-ms 100] [--lease-ms 50] [--commit-ms T]\n"
             "  [--max-append M] [--max-inflight I] [--max-uncommitted U] [--dir DIR]\n"
             "  [--progress-ms 1000] [--no-election] [--stats] [--verbose] [--async]\n"
-            "  [--apply-inline] [--wait-spin-us US] [--shared-loop] [--loops N]\n",
+            "  [--apply-inline] [--wait-spin-us US] [--shared-loop] [--loops N]\n"
+            "  [--snapshot-ms MS] [--snapshot-threshold N] [--trailing-logs N]\n",
             argv0);
     exit(2);
 }
@@ -892,6 +907,12 @@ static void parse(int argc, char **argv)
             O.commit_ms = atoll(v);
         } else if (OPT("--max-append")) {
             O.max_append = atoi(v);
+        } else if (OPT("--snapshot-ms")) {
+            O.snapshot_ms = atoll(v);
+        } else if (OPT("--snapshot-threshold")) {
+            O.snapshot_threshold = atoll(v);
+        } else if (OPT("--trailing-logs")) {
+            O.trailing_logs = atoll(v);
         } else if (OPT("--max-inflight")) {
             O.max_inflight = atoi(v);
         } else if (OPT("--max-uncommitted")) {
@@ -1007,6 +1028,19 @@ int main(int argc, char **argv)
     long rss_kb = proc_status_kb("VmRSS");
     long rss_peak_kb = proc_status_kb("VmHWM");
     long rss_anon_kb = proc_status_kb("RssAnon");
+    /* Compaction at work: the oldest snapshot any node holds (0 = one node
+     * has taken none). */
+    uint64_t min_snapshot = UINT64_MAX;
+    for (int i = 0; i < O.nodes; i++) {
+        craft_t *r = atomic_load(&nodes[i].r);
+        if (r != NULL) {
+            craft_stats_t st;
+            craft_stats(r, &st);
+            min_snapshot = st.last_snapshot_index < min_snapshot ? st.last_snapshot_index
+                                                                 : min_snapshot;
+        }
+    }
+    min_snapshot = min_snapshot == UINT64_MAX ? 0 : min_snapshot;
     for (int i = 0; i < O.clients && !O.async; i++) {
         pthread_join(clients[i].thread, NULL);
     }
@@ -1057,14 +1091,14 @@ int main(int argc, char **argv)
     printf("{\"impl\":\"craft\",\"nodes\":%d,\"transport\":\"%s\",\"store\":\"%s\","
            "\"clients\":%d,\"depth\":%d,\"async\":%s,\"apply_inline\":%s,"
            "\"wait_spin_us\":%lld,\"loops\":%d,\"payload\":%zu,"
-           "\"seconds\":%.2f,"
+           "\"snapshot_ms\":%lld,\"min_snapshot_index\":%llu,\"seconds\":%.2f,"
            "\"ops\":%llu,\"ops_per_sec\":%.1f,\"p50_us\":%llu,\"p99_us\":%llu,"
            "\"max_us\":%llu,\"election_ms\":%.1f,\"rss_kb\":%ld,"
            "\"rss_peak_kb\":%ld,\"rss_anon_kb\":%ld,\"retries\":%llu,\"failures\":%llu}\n",
            O.nodes, O.transport, O.store, O.clients, O.depth, O.async ? "true" : "false",
            O.apply_inline ? "true" : "false", (long long)O.wait_spin_us,
            strcmp(O.transport, "tcp") == 0 ? O.loops : 0,
-           O.payload, window,
+           O.payload, (long long)O.snapshot_ms, (unsigned long long)min_snapshot, window,
            (unsigned long long)ops, (double)ops / window,
            (unsigned long long)hist_pct(all, 0.50),
            (unsigned long long)hist_pct(all, 0.99), (unsigned long long)all->max,

@@ -6,6 +6,7 @@
 //	                [--warmup W] [--heartbeat-ms 100] [--election-ms 100]
 //	                [--lease-ms 50] [--commit-ms T] [--max-append M]
 //	                [--dir DIR] [--progress-ms 1000] [--no-election]
+//	                [--snapshot-ms MS] [--snapshot-threshold N] [--trailing-logs N]
 //
 // An N-node cluster in one process; C client goroutines each keep K Apply
 // calls of P bytes outstanding on the leader (closed loop), retrying on the
@@ -187,12 +188,13 @@ type node struct {
 }
 
 type options struct {
-	nodes, clients, depth, payload, maxAppend  int
-	transport, store, dir                      string
-	seconds, warmup                            float64
-	heartbeatMs, electionMs, leaseMs, commitMs int
-	progressMs                                 int
-	election, verbose                          bool
+	nodes, clients, depth, payload, maxAppend   int
+	transport, store, dir                       string
+	seconds, warmup                             float64
+	heartbeatMs, electionMs, leaseMs, commitMs  int
+	progressMs                                  int
+	snapshotMs, snapshotThreshold, trailingLogs int // 0 = raft's default
+	election, verbose                           bool
 }
 
 var (
@@ -220,6 +222,15 @@ func config(n *node, logger hclog.Logger) *raft.Config {
 	}
 	if opt.maxAppend > 0 {
 		c.MaxAppendEntries = opt.maxAppend
+	}
+	if opt.snapshotMs > 0 {
+		c.SnapshotInterval = time.Duration(opt.snapshotMs) * time.Millisecond
+	}
+	if opt.snapshotThreshold > 0 {
+		c.SnapshotThreshold = uint64(opt.snapshotThreshold)
+	}
+	if opt.trailingLogs > 0 {
+		c.TrailingLogs = uint64(opt.trailingLogs)
 	}
 	c.Logger = logger.Named(string(n.id))
 	return c
@@ -457,6 +468,9 @@ func main() {
 	flag.IntVar(&opt.leaseMs, "lease-ms", 50, "LeaderLeaseTimeout")
 	flag.IntVar(&opt.commitMs, "commit-ms", 0, "CommitTimeout (0 = default 50)")
 	flag.IntVar(&opt.maxAppend, "max-append", 0, "MaxAppendEntries (0 = default 64)")
+	flag.IntVar(&opt.snapshotMs, "snapshot-ms", 0, "SnapshotInterval (0 = default 120000)")
+	flag.IntVar(&opt.snapshotThreshold, "snapshot-threshold", 0, "SnapshotThreshold (0 = default 8192)")
+	flag.IntVar(&opt.trailingLogs, "trailing-logs", 0, "TrailingLogs (0 = default 10240)")
 	flag.StringVar(&opt.dir, "dir", os.TempDir(), "parent of the temporary store directory")
 	flag.IntVar(&opt.progressMs, "progress-ms", 1000, "progress line period on stderr (0 = none)")
 	noElection := flag.Bool("no-election", false, "skip the failover measurement")
@@ -506,6 +520,18 @@ func main() {
 	atomic.StoreInt32(&phase, 2)
 	mEnd := time.Now()
 	rssKB, rssPeakKB, rssAnonKB := procStatusKB("VmRSS"), procStatusKB("VmHWM"), procStatusKB("RssAnon")
+	// Compaction at work: the oldest snapshot any node holds (0 = one node
+	// has taken none).
+	minSnapshot := uint64(math.MaxUint64)
+	for _, n := range nodes {
+		v, _ := strconv.ParseUint(n.r.Stats()["last_snapshot_index"], 10, 64)
+		if v < minSnapshot {
+			minSnapshot = v
+		}
+	}
+	if minSnapshot == math.MaxUint64 {
+		minSnapshot = 0
+	}
 	wg.Wait()
 	var all hist
 	var ops uint64
@@ -532,6 +558,7 @@ func main() {
 	out := result{
 		Impl: "hashicorp", Nodes: opt.nodes, Transport: opt.transport, Store: opt.store,
 		Clients: opt.clients, Depth: opt.depth, Payload: opt.payload,
+		SnapshotMs: opt.snapshotMs, MinSnapshotIndex: minSnapshot,
 		Seconds: round2(window), Ops: ops, OpsPerSec: round1(float64(ops) / window),
 		P50us: all.pct(0.50), P99us: all.pct(0.99), MaxUs: all.max,
 		ElectionMs: round1(electionMs), RssKB: rssKB, RssPeakKB: rssPeakKB, RssAnonKB: rssAnonKB,
@@ -562,26 +589,28 @@ func main() {
 
 // result is the JSON line, in craft-bench's field order.
 type result struct {
-	Impl       string  `json:"impl"`
-	Nodes      int     `json:"nodes"`
-	Transport  string  `json:"transport"`
-	Store      string  `json:"store"`
-	Clients    int     `json:"clients"`
-	Depth      int     `json:"depth"`
-	Payload    int     `json:"payload"`
-	Seconds    float64 `json:"seconds"`
-	Ops        uint64  `json:"ops"`
-	OpsPerSec  float64 `json:"ops_per_sec"`
-	P50us      uint64  `json:"p50_us"`
-	P99us      uint64  `json:"p99_us"`
-	MaxUs      uint64  `json:"max_us"`
-	ElectionMs float64 `json:"election_ms"`
-	RssKB      int64   `json:"rss_kb"`
-	RssPeakKB  int64   `json:"rss_peak_kb"`
-	RssAnonKB  int64   `json:"rss_anon_kb"`
-	Retries    uint64  `json:"retries"`
-	Failures   uint64  `json:"failures"`
-	GoMaxProcs int     `json:"gomaxprocs"`
+	Impl             string  `json:"impl"`
+	Nodes            int     `json:"nodes"`
+	Transport        string  `json:"transport"`
+	Store            string  `json:"store"`
+	Clients          int     `json:"clients"`
+	Depth            int     `json:"depth"`
+	Payload          int     `json:"payload"`
+	SnapshotMs       int     `json:"snapshot_ms"`
+	MinSnapshotIndex uint64  `json:"min_snapshot_index"`
+	Seconds          float64 `json:"seconds"`
+	Ops              uint64  `json:"ops"`
+	OpsPerSec        float64 `json:"ops_per_sec"`
+	P50us            uint64  `json:"p50_us"`
+	P99us            uint64  `json:"p99_us"`
+	MaxUs            uint64  `json:"max_us"`
+	ElectionMs       float64 `json:"election_ms"`
+	RssKB            int64   `json:"rss_kb"`
+	RssPeakKB        int64   `json:"rss_peak_kb"`
+	RssAnonKB        int64   `json:"rss_anon_kb"`
+	Retries          uint64  `json:"retries"`
+	Failures         uint64  `json:"failures"`
+	GoMaxProcs       int     `json:"gomaxprocs"`
 }
 
 func round1(v float64) float64 { return math.Round(v*10) / 10 }
