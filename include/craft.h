@@ -336,7 +336,11 @@ typedef struct craft_log_store {
     int (*get_log)(void *ctx, uint64_t index, craft_log_t *out);
     /* Stores `n` entries durably before returning (copying them). */
     int (*store_logs)(void *ctx, const craft_log_t *logs, size_t n);
-    /* Deletes entries min..max inclusive. */
+    /* Deletes entries min..max inclusive. Deleting a suffix (a conflict)
+     * must be durable when it returns. Deleting a prefix (compaction
+     * behind a snapshot) may become durable lazily, in order, with later
+     * writes: after a crash some of those entries may still be there (a
+     * lower first index, never a gap), which craft tolerates. */
     int (*delete_range)(void *ctx, uint64_t min, uint64_t max);
     /* Optional commit-tracking extension (hashicorp's CommitTrackingLogStore,
      * #613): remember `index` and persist it atomically with the next

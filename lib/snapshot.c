@@ -72,13 +72,15 @@ static void compact_logs(craft_t *r, uint64_t snap_index)
     if (max < first) {
         return;
     }
+    int64_t t0 = craft__now_ns();
     int rv = r->logs->delete_range(r->logs->ctx, first, max);
     if (rv != 0) {
         CRAFT__ERROR(&r->log, "snapshot", "log compaction failed: error=%s", craft_strerror(rv));
         return;
     }
-    CRAFT__INFO(&r->log, "snapshot", "compacting logs: from=%llu to=%llu",
-                (unsigned long long)first, (unsigned long long)max);
+    CRAFT__INFO(&r->log, "snapshot", "compacted logs: from=%llu to=%llu took=%lldus",
+                (unsigned long long)first, (unsigned long long)max,
+                (long long)((craft__now_ns() - t0) / 1000));
 }
 
 /* hashicorp takeSnapshot. On success *id is the new snapshot's id. */

@@ -8,16 +8,25 @@
  * application_id, so a foreign or newer file is refused, never overwritten.
  *
  * Durability: the database runs in WAL mode. With CRAFT_SQLITE_DURABILITY_FULL
- * (the default) every store_logs, delete_range and set is fsynced before it
- * returns (synchronous=FULL). With CRAFT_SQLITE_DURABILITY_NORMAL the WAL is
+ * (the default) every store_logs, set and suffix delete_range is fsynced
+ * before it returns (synchronous=FULL). Compaction (a delete_range of a
+ * prefix of more than 128 entries) runs in transactions of 128 entries with
+ * the store released between them, each committed without its own fsync: it
+ * becomes durable with the next synced write, in order (a crash can leave a
+ * lower first index, never a gap), as the LogStore contract allows. sqlite
+ * rewrites every page it deletes rows from, so one synced transaction
+ * deleting 20,000 entries of 1 KiB held every append behind it for 150-220 ms. With CRAFT_SQLITE_DURABILITY_NORMAL the WAL is
  * synced only at checkpoints (synchronous=NORMAL): a power loss or OS crash may
  * lose the most recent writes, but never corrupts the database, and a process
  * crash (kill -9) loses nothing that was acknowledged.
  *
  * Space: the database uses auto_vacuum=INCREMENTAL. Pages freed by
- * delete_range are reused by later appends; when more than half of the file
- * is free after a delete, the free pages are given back to the file system
- * (incremental_vacuum), so a log compacted continuously keeps a bounded file.
+ * delete_range are reused by later appends; when more than four fifths of the
+ * file is free after a delete, the free pages are given back to the file
+ * system (incremental_vacuum), so a log compacted continuously keeps a
+ * bounded file and a log that shrank a lot gives its space back. Deleted
+ * content is zeroed only where that costs no extra I/O (secure_delete=FAST;
+ * Debian builds sqlite with secure_delete on).
  *
  * Locking: the file is opened in sqlite's EXCLUSIVE locking mode; a second
  * open of the same file (from this or another process) fails with CRAFT_EIO
