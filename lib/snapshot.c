@@ -192,10 +192,11 @@ void craft__snapshot_check_growth(craft_t *r, uint64_t applied)
     if (cap == 0 || applied <= snap || applied - snap < cap) {
         return;
     }
-    /* One kick at a time: the snapshot thread clears the flag after a
-     * snapshot succeeded, or at its next interval tick after one failed, so
-     * a snapshot that keeps failing is retried once per interval, not once
-     * per applied batch. */
+    /* One kick at a time: the flag stays set while the message is queued
+     * or handled, and after a failed kick snapshot until the next interval
+     * tick, so a snapshot that keeps failing is retried once per interval,
+     * not once per applied batch. Only the snapshot thread clears it, when
+     * the message is not queued. */
     if (!atomic_exchange(&r->snapshot_kick_posted, true)) {
         (void)craft__mailbox_post(&r->snapshot_mb, &r->snapshot_kick_msg);
     }
@@ -220,6 +221,7 @@ void *craft__snapshot_main(void *arg)
     craft_t *r = arg;
     craft__set_craft_thread(r);
     draw_cap(r);
+    bool kick_suppressed = false; /* a kick snapshot failed: wait for a tick */
     int64_t deadline =
         craft__now_ns() + craft__random_timeout_ns(atomic_load(&r->snapshot_interval_ms));
     for (;;) {
@@ -237,7 +239,10 @@ void *craft__snapshot_main(void *arg)
                 auto_snapshot(r, "interval");
             }
             draw_cap(r); /* the threshold may have been reloaded */
-            atomic_store(&r->snapshot_kick_posted, false);
+            if (kick_suppressed) {
+                kick_suppressed = false;
+                atomic_store(&r->snapshot_kick_posted, false);
+            }
             continue;
         }
         if (m == &r->snapshot_kick_msg) {
@@ -247,6 +252,8 @@ void *craft__snapshot_main(void *arg)
             if (auto_snapshot(r, "log growth")) {
                 draw_cap(r);
                 atomic_store(&r->snapshot_kick_posted, false);
+            } else {
+                kick_suppressed = true;
             }
             continue;
         }
