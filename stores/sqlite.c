@@ -7,6 +7,7 @@
  */
 #include "craft/sqlite.h"
 #include "lib/logger.h"
+#include "stores/crc32c.h"
 
 #include <inttypes.h>
 #include <pthread.h>
@@ -131,56 +132,36 @@ typedef struct sq_db {
 
 /* ---- CRC-32C of an entry -------------------------------------------- */
 
-static uint32_t sq_crc_table[256];
-static pthread_once_t sq_crc_once = PTHREAD_ONCE_INIT;
-
-static void sq_crc_init(void)
+static void sq_put_be64(unsigned char *b, uint64_t v)
 {
-    for (uint32_t i = 0; i < 256; i++) {
-        uint32_t c = i;
-        for (int k = 0; k < 8; k++) {
-            c = (c & 1) ? (c >> 1) ^ 0x82F63B78u : c >> 1;
-        }
-        sq_crc_table[i] = c;
-    }
-}
-
-static uint32_t sq_crc_update(uint32_t crc, const void *buf, size_t len)
-{
-    const unsigned char *p = buf;
-    for (size_t i = 0; i < len; i++) {
-        crc = sq_crc_table[(crc ^ p[i]) & 0xff] ^ (crc >> 8);
-    }
-    return crc;
-}
-
-static uint32_t sq_crc_u64(uint32_t crc, uint64_t v)
-{
-    unsigned char b[8];
     for (int i = 0; i < 8; i++) {
         b[i] = (unsigned char)(v >> (56 - 8 * i));
     }
-    return sq_crc_update(crc, b, sizeof b);
 }
 
 /* Covers every field, so a row altered behind sqlite's back (or a page
- * silently damaged on disk: sqlite has no checksums of its own) is caught. */
+ * silently damaged on disk: sqlite has no checksums of its own) is caught.
+ * The fields are fed big-endian, each as 8 bytes, the data after its length
+ * and the extensions after theirs. */
 static uint32_t sq_entry_crc(const craft_log_t *l)
 {
-    uint32_t crc = 0xFFFFFFFFu;
-    crc = sq_crc_u64(crc, l->index);
-    crc = sq_crc_u64(crc, l->term);
-    crc = sq_crc_u64(crc, (uint64_t)(int64_t)l->type);
-    crc = sq_crc_u64(crc, (uint64_t)l->appended_at_ns);
-    crc = sq_crc_u64(crc, l->len);
+    unsigned char head[40];
+    unsigned char ext_len[8];
+    sq_put_be64(head, l->index);
+    sq_put_be64(head + 8, l->term);
+    sq_put_be64(head + 16, (uint64_t)(int64_t)l->type);
+    sq_put_be64(head + 24, (uint64_t)l->appended_at_ns);
+    sq_put_be64(head + 32, l->len);
+    sq_put_be64(ext_len, l->ext_len);
+    uint32_t crc = craft__crc32c(0, head, sizeof head);
     if (l->len > 0) {
-        crc = sq_crc_update(crc, l->data, l->len);
+        crc = craft__crc32c(crc, l->data, l->len);
     }
-    crc = sq_crc_u64(crc, l->ext_len);
+    crc = craft__crc32c(crc, ext_len, sizeof ext_len);
     if (l->ext_len > 0) {
-        crc = sq_crc_update(crc, l->ext, l->ext_len);
+        crc = craft__crc32c(crc, l->ext, l->ext_len);
     }
-    return crc ^ 0xFFFFFFFFu;
+    return crc;
 }
 
 /* ---- error handling ------------------------------------------------- */
@@ -1173,7 +1154,6 @@ int craft_sqlite_open(const char *path, const craft_sqlite_options_t *opts,
         o.durability != CRAFT_SQLITE_DURABILITY_NORMAL) {
         return CRAFT_EINVAL;
     }
-    pthread_once(&sq_crc_once, sq_crc_init);
 
     sq_db_t *d = calloc(1, sizeof *d);
     if (d == NULL) {
