@@ -252,6 +252,11 @@ void *craft__snapshot_main(void *arg)
             if (auto_snapshot(r, "log growth")) {
                 draw_cap(r);
                 atomic_store(&r->snapshot_kick_posted, false);
+                /* Entries applied while the snapshot was taken were checked
+                 * against the old snapshot with the kick already posted:
+                 * check them again, or an idle node could stay over the cap
+                 * until its next apply. */
+                craft__snapshot_check_growth(r, atomic_load(&r->applied_index));
             } else {
                 kick_suppressed = true;
             }
