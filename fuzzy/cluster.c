@@ -281,6 +281,9 @@ static void notify_leader(void *arg, bool is_leader)
     craft_fuzzy_cluster_t *c = nd->c;
     pthread_mutex_lock(&c->ledger_mu);
     uint64_t m = c->max_applied;
+    /* What its own FSM holds: after an InstallSnapshot that discarded the
+     * whole log, its log is empty and its state is the snapshot. */
+    uint64_t have = nd->fsm_last;
     uint64_t term = m > 0 ? c->ledger[m].term : 0;
     char by[32];
     snprintf(by, sizeof by, "%s", m > 0 ? c->ledger[m].by : "");
@@ -293,6 +296,9 @@ static void notify_leader(void *arg, bool is_leader)
     if (nd->log->first_index(nd->log->ctx, &first) != 0 ||
         nd->log->last_index(nd->log->ctx, &last) != 0) {
         return; /* failed disk: nothing to check against */
+    }
+    if (m > last && m <= have) {
+        return; /* in the snapshot its FSM was restored from */
     }
     if (m > last) {
         pthread_mutex_lock(&c->ledger_mu);

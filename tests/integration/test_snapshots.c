@@ -34,14 +34,19 @@ static uint64_t first_index(tc_cluster_t *c, size_t i)
 }
 
 /* Lowest first log index over the running nodes: whichever of them leads
- * next (leadership may move under load), its log starts there or later. */
+ * next (leadership may move under load), its log starts there or later. A
+ * node with an empty log (caught up by InstallSnapshot, which discards the
+ * log) counts as starting past everything: as leader it could only send a
+ * snapshot. Counted as 0, the waits below could never succeed. */
 static uint64_t min_first_index(tc_cluster_t *c)
 {
     uint64_t min = UINT64_MAX;
     for (size_t i = 0; i < c->n; i++) {
         if (c->nodes[i].r != NULL) {
             uint64_t f = first_index(c, i);
-            min = f < min ? f : min;
+            if (f != 0) {
+                min = f < min ? f : min;
+            }
         }
     }
     return min;
