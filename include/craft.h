@@ -167,8 +167,12 @@ typedef struct craft_config {
     uint64_t trailing_logs;
     /* Snapshot check period (randomised SI..2SI). Default 120000. */
     int64_t snapshot_interval_ms;
-    /* Snapshot when this many entries accumulated since the last one.
-     * Default 8192. */
+    /* Snapshot when this many entries accumulated since the last one,
+     * checked every snapshot_interval_ms (as hashicorp). craft also takes a
+     * snapshot at once when 2-3 x this many entries (the factor drawn per
+     * node and snapshot) were applied since the last one, so the log stays
+     * within about trailing_logs + 3 x snapshot_threshold entries at any
+     * write rate. Default 8192. */
     uint64_t snapshot_threshold;
     /* A leader that has not heard from a voter quorum within this steps
      * down. Default 500; must be <= heartbeat_timeout_ms. */

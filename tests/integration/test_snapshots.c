@@ -89,6 +89,17 @@ static void capped_snapshots(craft_config_t *c)
     c->trailing_logs = 16;
 }
 
+/* Node i's last snapshot index and log range ([0, 0] when empty). */
+static bool node_log(tc_cluster_t *c, size_t i, uint64_t *snap, uint64_t *first, uint64_t *last)
+{
+    craft_stats_t st;
+    craft_stats(c->nodes[i].r, &st);
+    *snap = st.last_snapshot_index;
+    *first = *last = 0;
+    return c->nodes[i].log->first_index(c->nodes[i].log->ctx, first) == 0 &&
+           c->nodes[i].log->last_index(c->nodes[i].log->ctx, last) == 0;
+}
+
 /* Every running node has snapshotted and holds at most trailing_logs +
  * 3 x threshold entries: the cap is drawn in [2, 3) x threshold, and a
  * compaction that runs soon after its snapshot keeps trailing_logs entries
@@ -98,14 +109,8 @@ static bool logs_capped(void *arg)
 {
     tc_cluster_t *c = arg;
     for (size_t i = 0; i < c->n; i++) {
-        craft_stats_t st;
-        craft_stats(c->nodes[i].r, &st);
-        uint64_t first = 0, last = 0;
-        if (c->nodes[i].log->first_index(c->nodes[i].log->ctx, &first) != 0 ||
-            c->nodes[i].log->last_index(c->nodes[i].log->ctx, &last) != 0) {
-            return false;
-        }
-        if (st.last_snapshot_index == 0) {
+        uint64_t snap, first, last;
+        if (!node_log(c, i, &snap, &first, &last) || snap == 0) {
             return false;
         }
         if (first != 0 && last - first + 1 > 16 + 3 * 32) {
@@ -137,13 +142,11 @@ START_TEST(test_log_growth_capped_between_intervals)
     ck_assert_int_ge(c->nodes[f].fsm.restores, 1);
     if (!tu_wait_for(logs_capped, c, TC_WAIT_MS)) {
         for (size_t i = 0; i < c->n; i++) {
-            craft_stats_t st;
-            craft_stats(c->nodes[i].r, &st);
-            uint64_t first = 0, last = 0;
-            c->nodes[i].log->first_index(c->nodes[i].log->ctx, &first);
-            c->nodes[i].log->last_index(c->nodes[i].log->ctx, &last);
+            uint64_t snap, first, last;
+            node_log(c, i, &snap, &first, &last);
             fprintf(stderr, "node%zu: snapshot=%llu applied=%llu log=[%llu, %llu]\n", i,
-                    (unsigned long long)st.last_snapshot_index, (unsigned long long)st.applied_index,
+                    (unsigned long long)snap,
+                    (unsigned long long)craft_applied_index(c->nodes[i].r),
                     (unsigned long long)first, (unsigned long long)last);
         }
         ck_abort_msg("a node's log is not capped");
