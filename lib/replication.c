@@ -19,10 +19,12 @@ enum { SEND_OK, SEND_RETRY, SEND_STOP };
  * the TCP transport refuses frames over 64 MiB by default). */
 #define CRAFT__MAX_BATCH_BYTES ((size_t)8 << 20)
 
-/* Entries in one AppendEntries for a peer fed from the LogStore (behind the
- * in-memory window): larger batches mean fewer store reads and fewer
- * follower fsyncs per entry, so a lagging peer catches up instead of
- * falling further behind under load. Still bounded by
+/* Entries in one AppendEntries for a peer more than one batch behind
+ * (fed from the LogStore past the in-memory window, or from the window
+ * after its pipeline filled up): larger batches mean fewer store reads and
+ * fewer follower writes and fsyncs per entry, so a lagging peer catches up
+ * instead of falling further behind under load. A peer within one batch of
+ * the tail gets max_append_entries as before. Still bounded by
  * CRAFT__MAX_BATCH_BYTES and by hashicorp's 1024. */
 static size_t catchup_cap(const craft_t *r)
 {
@@ -121,10 +123,12 @@ static int build_request(craft__repl_t *p, uint64_t next, uint64_t last,
     if (next > last) {
         return 0;
     }
+    /* A peer that lags more than one batch gets up to catchup_cap entries,
+     * wherever they come from: with max_append_entries per request a
+     * follower whose writes take 1 ms absorbs at most 64k entries/s and,
+     * under a faster leader, never caught up (nor entered the pipeline). */
     size_t want = (size_t)(last - next + 1);
-    uint64_t wfirst = craft__window_first(&r->window);
-    size_t cap = wfirst != 0 && next >= wfirst ? (size_t)r->conf.max_append_entries
-                                               : catchup_cap(r);
+    size_t cap = catchup_cap(r);
     if (want > cap) {
         want = cap;
     }
