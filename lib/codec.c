@@ -1,7 +1,9 @@
-/* msgpack helpers (go-msgpack-exact writer, bounded reader, resumable
- * scanner) and hashicorp's configuration-entry encoding. */
+/* msgpack helpers over msgpack-c (go-msgpack-exact writer on its packer,
+ * a cursor over its decoded trees, a resumable scanner in front of it) and
+ * hashicorp's configuration-entry encoding. */
 #include "lib/codec.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -83,87 +85,78 @@ void craft__mp_put_bytes(craft__mp_buf_t *b, const void *p, size_t n)
     b->len += n;
 }
 
-static void put1(craft__mp_buf_t *b, uint8_t c)
+/* msgpack-c's packer writes through this into a craft buffer. */
+static int pack_write(void *data, const char *p, size_t n)
 {
-    craft__mp_put_bytes(b, &c, 1);
+    craft__mp_buf_t *b = data;
+    craft__mp_put_bytes(b, p, n);
+    return b->err == 0 ? 0 : -1;
 }
 
-/* marker followed by the `width` low bytes of v, big-endian */
-static void put_be(craft__mp_buf_t *b, uint8_t marker, uint64_t v, int width)
+static void packer(msgpack_packer *pk, craft__mp_buf_t *b)
 {
-    uint8_t tmp[9];
-    tmp[0] = marker;
-    for (int i = 0; i < width; i++) {
-        tmp[1 + i] = (uint8_t)(v >> (8 * (width - 1 - i)));
-    }
-    craft__mp_put_bytes(b, tmp, (size_t)width + 1);
+    msgpack_packer_init(pk, b, pack_write);
 }
 
 void craft__mp_put_nil(craft__mp_buf_t *b)
 {
-    put1(b, 0xc0);
+    msgpack_packer pk;
+    packer(&pk, b);
+    msgpack_pack_nil(&pk);
 }
 
 void craft__mp_put_bool(craft__mp_buf_t *b, bool v)
 {
-    put1(b, v ? 0xc3 : 0xc2);
+    msgpack_packer pk;
+    packer(&pk, b);
+    if (v) {
+        msgpack_pack_true(&pk);
+    } else {
+        msgpack_pack_false(&pk);
+    }
 }
 
+/* msgpack-c picks the smallest form: fixint, cc, cd, ce, cf. */
 void craft__mp_put_uint(craft__mp_buf_t *b, uint64_t v)
 {
-    if (v <= 0x7f) {
-        put1(b, (uint8_t)v);
-    } else if (v <= UINT8_MAX) {
-        put_be(b, 0xcc, v, 1);
-    } else if (v <= UINT16_MAX) {
-        put_be(b, 0xcd, v, 2);
-    } else if (v <= UINT32_MAX) {
-        put_be(b, 0xce, v, 4);
-    } else {
-        put_be(b, 0xcf, v, 8);
-    }
+    msgpack_packer pk;
+    packer(&pk, b);
+    msgpack_pack_uint64(&pk, v);
 }
 
 void craft__mp_put_int(craft__mp_buf_t *b, int64_t v, craft__mp_int_form_t form)
 {
+    msgpack_packer pk;
+    packer(&pk, b);
     if (v >= 0 && (form == CRAFT__MP_INT_V055 || v <= 0x7f)) {
-        craft__mp_put_uint(b, (uint64_t)v);
-    } else if (v > 0) { /* v2: positives above 127 as signed */
-        if (v <= INT16_MAX) {
-            put_be(b, 0xd1, (uint64_t)v, 2);
-        } else if (v <= INT32_MAX) {
-            put_be(b, 0xd2, (uint64_t)v, 4);
-        } else {
-            put_be(b, 0xd3, (uint64_t)v, 8);
-        }
-    } else if (v >= -32) {
-        put1(b, (uint8_t)(int8_t)v);
-    } else if (v >= INT8_MIN) {
-        put_be(b, 0xd0, (uint64_t)v, 1);
-    } else if (v >= INT16_MIN) {
-        put_be(b, 0xd1, (uint64_t)v, 2);
-    } else if (v >= INT32_MIN) {
-        put_be(b, 0xd2, (uint64_t)v, 4);
+        msgpack_pack_uint64(&pk, (uint64_t)v);
+    } else if (v > INT32_MAX) { /* v2: positives above 127 as signed */
+        msgpack_pack_fix_int64(&pk, v);
+    } else if (v > INT16_MAX) {
+        msgpack_pack_fix_int32(&pk, (int32_t)v);
+    } else if (v > 0) {
+        msgpack_pack_fix_int16(&pk, (int16_t)v);
     } else {
-        put_be(b, 0xd3, (uint64_t)v, 8);
+        /* negatives: the smallest of fixneg, d0..d3 */
+        msgpack_pack_int64(&pk, v);
     }
 }
 
+/* go-msgpack writes strings and []byte as raw (the pre-2013 spec: no str8,
+ * no bin): msgpack-c's v4raw forms. */
 void craft__mp_put_str(craft__mp_buf_t *b, const void *p, size_t n)
 {
-    if (n < 32) {
-        put1(b, (uint8_t)(0xa0 | n));
-    } else if (n <= UINT16_MAX) {
-        put_be(b, 0xda, n, 2);
-    } else if (n <= UINT32_MAX) {
-        put_be(b, 0xdb, n, 4);
-    } else {
+    if (n > UINT32_MAX) {
         if (b->err == 0) {
             b->err = CRAFT_EINVAL;
         }
         return;
     }
-    craft__mp_put_bytes(b, p, n);
+    msgpack_packer pk;
+    packer(&pk, b);
+    if (msgpack_pack_v4raw(&pk, n) == 0 && n > 0) {
+        msgpack_pack_v4raw_body(&pk, p, n);
+    }
 }
 
 void craft__mp_put_cstr_or_nil(craft__mp_buf_t *b, const char *s)
@@ -186,24 +179,16 @@ void craft__mp_put_blob_or_nil(craft__mp_buf_t *b, const void *p, size_t n)
 
 void craft__mp_put_map(craft__mp_buf_t *b, uint32_t n)
 {
-    if (n < 16) {
-        put1(b, (uint8_t)(0x80 | n));
-    } else if (n <= UINT16_MAX) {
-        put_be(b, 0xde, n, 2);
-    } else {
-        put_be(b, 0xdf, n, 4);
-    }
+    msgpack_packer pk;
+    packer(&pk, b);
+    msgpack_pack_map(&pk, n);
 }
 
 void craft__mp_put_array(craft__mp_buf_t *b, uint32_t n)
 {
-    if (n < 16) {
-        put1(b, (uint8_t)(0x90 | n));
-    } else if (n <= UINT16_MAX) {
-        put_be(b, 0xdc, n, 2);
-    } else {
-        put_be(b, 0xdd, n, 4);
-    }
+    msgpack_packer pk;
+    packer(&pk, b);
+    msgpack_pack_array(&pk, n);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -382,6 +367,63 @@ void craft__mp_reader_init(craft__mp_reader_t *r, const void *p, size_t len,
                        : max_depth;
     r->max_str = max_str == 0 ? len : max_str;
     r->reason = NULL;
+    r->scanned = false;
+    r->zone = NULL;
+    r->top_pos = SIZE_MAX;
+    r->top_end = 0;
+}
+
+void craft__mp_reader_scanned(craft__mp_reader_t *r)
+{
+    r->scanned = true;
+}
+
+/* One msgpack-c zone per thread is kept between readers (a reader holds it
+ * only while inside a top-level value), so decoding a message costs no
+ * zone allocation once its thread has decoded one before. */
+static pthread_once_t zone_once = PTHREAD_ONCE_INIT;
+static pthread_key_t zone_key;
+static bool zone_key_ok;
+
+static void zone_key_free(void *z)
+{
+    msgpack_zone_free(z);
+}
+
+static void zone_key_init(void)
+{
+    zone_key_ok = pthread_key_create(&zone_key, zone_key_free) == 0;
+}
+
+static msgpack_zone *zone_take(void)
+{
+    pthread_once(&zone_once, zone_key_init);
+    if (zone_key_ok) {
+        msgpack_zone *z = pthread_getspecific(zone_key);
+        if (z != NULL && pthread_setspecific(zone_key, NULL) == 0) {
+            return z;
+        }
+    }
+    return msgpack_zone_new(MSGPACK_ZONE_CHUNK_SIZE);
+}
+
+static void zone_give(msgpack_zone *z)
+{
+    msgpack_zone_clear(z); /* keeps one chunk */
+    if (zone_key_ok && pthread_getspecific(zone_key) == NULL &&
+        pthread_setspecific(zone_key, z) == 0) {
+        return;
+    }
+    msgpack_zone_free(z);
+}
+
+void craft__mp_reader_destroy(craft__mp_reader_t *r)
+{
+    if (r->zone != NULL) {
+        zone_give(r->zone);
+        r->zone = NULL;
+    }
+    r->top_pos = SIZE_MAX;
 }
 
 static int bad(craft__mp_reader_t *r, const char *why)
@@ -390,211 +432,337 @@ static int bad(craft__mp_reader_t *r, const char *why)
     return CRAFT__MP_BAD;
 }
 
-static int head(craft__mp_reader_t *r, mp_head_t *h)
+/* The top-level value at `pos`, decoded by msgpack-c once the scanner has
+ * found it complete and within the limits (so msgpack-c never sizes an
+ * array from a count the bytes cannot hold, nor nests past its stack). */
+static int top_value(craft__mp_reader_t *r, const msgpack_object **o)
 {
-    int rv = mp_head(r->p, r->len, r->pos, h);
-    if (rv == CRAFT__MP_OK && h->type == CRAFT__MP_T_INVALID) {
-        return bad(r, "invalid msgpack byte 0xc1");
+    if (r->top_pos == r->pos) {
+        *o = &r->top;
+        return CRAFT__MP_OK;
     }
-    return rv;
+    r->top_pos = SIZE_MAX;
+    if (r->pos >= r->len) {
+        return CRAFT__MP_SHORT;
+    }
+    size_t end = r->len;
+    if (!r->scanned) {
+        craft__mp_scan_t s;
+        craft__mp_scan_init(&s, 1, SIZE_MAX, r->max_str, CRAFT__MP_MAX_DEPTH);
+        int rv = craft__mp_scan_run(&s, r->p + r->pos, r->len - r->pos);
+        if (rv == CRAFT__MP_BAD) {
+            return bad(r, s.reason);
+        }
+        if (rv != CRAFT__MP_OK) {
+            return rv;
+        }
+        end = r->pos + s.pos;
+    }
+    if (r->zone == NULL) {
+        if ((r->zone = zone_take()) == NULL) {
+            return CRAFT_ENOMEM;
+        }
+    } else {
+        msgpack_zone_clear(r->zone);
+    }
+    size_t off = r->pos;
+    msgpack_unpack_return ur =
+        msgpack_unpack((const char *)r->p, end, &off, r->zone, &r->top);
+    if (ur == MSGPACK_UNPACK_NOMEM_ERROR) {
+        return CRAFT_ENOMEM;
+    }
+    if (ur == MSGPACK_UNPACK_CONTINUE) {
+        return CRAFT__MP_SHORT; /* only when not scanned: cannot happen */
+    }
+    if (ur != MSGPACK_UNPACK_SUCCESS && ur != MSGPACK_UNPACK_EXTRA_BYTES) {
+        return bad(r, "msgpack-c rejected the value");
+    }
+    r->top_pos = r->pos;
+    r->top_end = off;
+    *o = &r->top;
+    return CRAFT__MP_OK;
+}
+
+/* The next value, not consumed. */
+static int next(craft__mp_reader_t *r, const msgpack_object **o)
+{
+    if (r->depth == 0) {
+        return top_value(r, o);
+    }
+    const craft__mp_level_t *l = &r->lv[r->depth - 1];
+    if (l->i >= l->n) {
+        return bad(r, "read past the end of a map or array");
+    }
+    if (l->kv != NULL) {
+        const msgpack_object_kv *kv = &l->kv[l->i / 2];
+        *o = l->i % 2 == 0 ? &kv->key : &kv->val;
+    } else {
+        *o = &l->items[l->i];
+    }
+    return CRAFT__MP_OK;
+}
+
+/* Moves past the value next() returned. A finished top-level value's tree
+ * is released at once (the views handed out point into the buffer). */
+static void consume(craft__mp_reader_t *r)
+{
+    if (r->depth > 0) {
+        r->lv[r->depth - 1].i++;
+        return;
+    }
+    r->pos = r->top_end;
+    craft__mp_reader_destroy(r);
+}
+
+bool craft__mp_next_is_nil(craft__mp_reader_t *r)
+{
+    const msgpack_object *o;
+    return next(r, &o) == CRAFT__MP_OK && o->type == MSGPACK_OBJECT_NIL;
+}
+
+static craft__mp_type_t type_of(const msgpack_object *o)
+{
+    switch (o->type) {
+    case MSGPACK_OBJECT_NIL: return CRAFT__MP_T_NIL;
+    case MSGPACK_OBJECT_BOOLEAN: return CRAFT__MP_T_BOOL;
+    case MSGPACK_OBJECT_POSITIVE_INTEGER: return CRAFT__MP_T_UINT;
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER: return CRAFT__MP_T_INT;
+    case MSGPACK_OBJECT_FLOAT32:
+    case MSGPACK_OBJECT_FLOAT64: return CRAFT__MP_T_FLOAT;
+    case MSGPACK_OBJECT_STR: return CRAFT__MP_T_STR;
+    case MSGPACK_OBJECT_BIN: return CRAFT__MP_T_BIN;
+    case MSGPACK_OBJECT_ARRAY: return CRAFT__MP_T_ARRAY;
+    case MSGPACK_OBJECT_MAP: return CRAFT__MP_T_MAP;
+    case MSGPACK_OBJECT_EXT: return CRAFT__MP_T_EXT;
+    }
+    return CRAFT__MP_T_INVALID;
 }
 
 int craft__mp_peek(craft__mp_reader_t *r, craft__mp_type_t *t)
 {
-    mp_head_t h;
-    int rv = head(r, &h);
+    const msgpack_object *o;
+    int rv = next(r, &o);
     if (rv == CRAFT__MP_OK) {
-        *t = h.type;
+        *t = type_of(o);
     }
     return rv;
 }
 
 bool craft__mp_try_nil(craft__mp_reader_t *r)
 {
-    if (r->pos < r->len && r->p[r->pos] == 0xc0) {
-        r->pos++;
+    if (craft__mp_next_is_nil(r)) {
+        consume(r);
         return true;
     }
     return false;
 }
 
-static int read_container(craft__mp_reader_t *r, craft__mp_type_t want,
+static int read_container(craft__mp_reader_t *r, msgpack_object_type want,
                           uint32_t *n)
 {
-    mp_head_t h;
-    int rv = head(r, &h);
+    const msgpack_object *o;
+    int rv = next(r, &o);
     if (rv != CRAFT__MP_OK) {
         return rv;
     }
-    if (h.type != want) {
-        return bad(r, want == CRAFT__MP_T_MAP ? "expected a map"
-                                              : "expected an array");
+    if (o->type != want) {
+        return bad(r, want == MSGPACK_OBJECT_MAP ? "expected a map"
+                                                 : "expected an array");
     }
     if (r->depth >= r->max_depth) {
         return bad(r, "nesting too deep");
     }
-    /* every element takes at least one byte: reject impossible counts
-     * before anyone sizes an allocation from them */
-    uint64_t min = (uint64_t)h.count * (want == CRAFT__MP_T_MAP ? 2 : 1);
-    if (min > r->len - r->pos - h.hdr) {
-        return CRAFT__MP_SHORT;
+    craft__mp_level_t *l = &r->lv[r->depth];
+    if (want == MSGPACK_OBJECT_MAP) {
+        l->kv = o->via.map.ptr;
+        l->items = NULL;
+        l->n = (uint64_t)o->via.map.size * 2;
+        *n = o->via.map.size;
+    } else {
+        l->items = o->via.array.ptr;
+        l->kv = NULL;
+        l->n = o->via.array.size;
+        *n = o->via.array.size;
     }
-    r->pos += h.hdr;
+    l->i = 0;
     r->depth++;
-    *n = h.count;
     return CRAFT__MP_OK;
 }
 
 int craft__mp_read_map(craft__mp_reader_t *r, uint32_t *n)
 {
-    return read_container(r, CRAFT__MP_T_MAP, n);
+    return read_container(r, MSGPACK_OBJECT_MAP, n);
 }
 
 int craft__mp_read_array(craft__mp_reader_t *r, uint32_t *n)
 {
-    return read_container(r, CRAFT__MP_T_ARRAY, n);
+    return read_container(r, MSGPACK_OBJECT_ARRAY, n);
 }
 
 void craft__mp_leave(craft__mp_reader_t *r)
 {
     if (r->depth > 0) {
         r->depth--;
+        consume(r);
     }
 }
 
 int craft__mp_read_str(craft__mp_reader_t *r, const uint8_t **s, size_t *n)
 {
-    mp_head_t h;
-    int rv = head(r, &h);
+    const msgpack_object *o;
+    int rv = next(r, &o);
     if (rv != CRAFT__MP_OK) {
         return rv;
     }
-    if (h.type != CRAFT__MP_T_STR && h.type != CRAFT__MP_T_BIN) {
+    /* STR and BIN share msgpack-c's layout (size, ptr) */
+    if (o->type == MSGPACK_OBJECT_STR) {
+        *s = (const uint8_t *)o->via.str.ptr;
+        *n = o->via.str.size;
+    } else if (o->type == MSGPACK_OBJECT_BIN) {
+        *s = (const uint8_t *)o->via.bin.ptr;
+        *n = o->via.bin.size;
+    } else {
         return bad(r, "expected a string");
     }
-    if (h.len > r->max_str) {
+    if (*n > r->max_str) {
         return bad(r, "string too long");
     }
-    if (h.len > r->len - r->pos - h.hdr) {
-        return CRAFT__MP_SHORT;
-    }
-    *s = r->p + r->pos + h.hdr;
-    *n = (size_t)h.len;
-    r->pos += h.hdr + (size_t)h.len;
+    consume(r);
     return CRAFT__MP_OK;
 }
 
 int craft__mp_read_uint(craft__mp_reader_t *r, uint64_t *v)
 {
-    mp_head_t h;
-    int rv = head(r, &h);
+    const msgpack_object *o;
+    int rv = next(r, &o);
     if (rv != CRAFT__MP_OK) {
         return rv;
     }
-    switch (h.type) {
-    case CRAFT__MP_T_NIL:
+    switch (o->type) {
+    case MSGPACK_OBJECT_NIL:
         *v = 0;
         break;
-    case CRAFT__MP_T_UINT:
-        *v = h.u;
+    case MSGPACK_OBJECT_POSITIVE_INTEGER:
+        *v = o->via.u64;
         break;
-    case CRAFT__MP_T_INT:
-        if (h.i < 0) {
-            return bad(r, "negative value for an unsigned field");
-        }
-        *v = (uint64_t)h.i;
-        break;
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER:
+        return bad(r, "negative value for an unsigned field");
     default:
         return bad(r, "expected an integer");
     }
-    r->pos += h.hdr;
+    consume(r);
     return CRAFT__MP_OK;
 }
 
 int craft__mp_read_int(craft__mp_reader_t *r, int64_t *v)
 {
-    mp_head_t h;
-    int rv = head(r, &h);
+    const msgpack_object *o;
+    int rv = next(r, &o);
     if (rv != CRAFT__MP_OK) {
         return rv;
     }
-    switch (h.type) {
-    case CRAFT__MP_T_NIL:
+    switch (o->type) {
+    case MSGPACK_OBJECT_NIL:
         *v = 0;
         break;
-    case CRAFT__MP_T_UINT:
-        if (h.u > INT64_MAX) {
+    case MSGPACK_OBJECT_POSITIVE_INTEGER:
+        if (o->via.u64 > INT64_MAX) {
             return bad(r, "integer overflows a signed field");
         }
-        *v = (int64_t)h.u;
+        *v = (int64_t)o->via.u64;
         break;
-    case CRAFT__MP_T_INT:
-        *v = h.i;
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER:
+        *v = o->via.i64;
         break;
     default:
         return bad(r, "expected an integer");
     }
-    r->pos += h.hdr;
+    consume(r);
     return CRAFT__MP_OK;
 }
 
 int craft__mp_read_bool(craft__mp_reader_t *r, bool *v)
 {
-    mp_head_t h;
-    int rv = head(r, &h);
+    const msgpack_object *o;
+    int rv = next(r, &o);
     if (rv != CRAFT__MP_OK) {
         return rv;
     }
-    if (h.type == CRAFT__MP_T_BOOL) {
-        *v = h.b;
-    } else if (h.type == CRAFT__MP_T_NIL) {
+    if (o->type == MSGPACK_OBJECT_BOOLEAN) {
+        *v = o->via.boolean;
+    } else if (o->type == MSGPACK_OBJECT_NIL) {
         *v = false;
-    } else if (h.type == CRAFT__MP_T_UINT && h.u <= 1) {
-        *v = h.u == 1; /* go-msgpack accepts 0/1 for bools */
+    } else if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER && o->via.u64 <= 1) {
+        *v = o->via.u64 == 1; /* go-msgpack accepts 0/1 for bools */
     } else {
         return bad(r, "expected a bool");
     }
-    r->pos += h.hdr;
+    consume(r);
     return CRAFT__MP_OK;
 }
 
 int craft__mp_read_ext(craft__mp_reader_t *r, int8_t *type, const uint8_t **data,
                        size_t *n)
 {
-    mp_head_t h;
-    int rv = head(r, &h);
+    const msgpack_object *o;
+    int rv = next(r, &o);
     if (rv != CRAFT__MP_OK) {
         return rv;
     }
-    if (h.type != CRAFT__MP_T_EXT) {
+    if (o->type != MSGPACK_OBJECT_EXT) {
         return bad(r, "expected an ext value");
     }
-    if (h.len > r->max_str) {
+    if (o->via.ext.size > r->max_str) {
         return bad(r, "ext value too long");
     }
-    if (h.len > r->len - r->pos - h.hdr) {
-        return CRAFT__MP_SHORT;
-    }
-    *type = (int8_t)r->p[r->pos + h.hdr - 1];
-    *data = r->p + r->pos + h.hdr;
-    *n = (size_t)h.len;
-    r->pos += h.hdr + (size_t)h.len;
+    *type = o->via.ext.type;
+    *data = (const uint8_t *)o->via.ext.ptr;
+    *n = o->via.ext.size;
+    consume(r);
     return CRAFT__MP_OK;
+}
+
+/* Nesting of a decoded value (non-empty maps and arrays, as the scanner
+ * counts it), or limit + 1 when it is deeper than `limit`. */
+static unsigned nesting(const msgpack_object *o, unsigned limit)
+{
+    bool array = o->type == MSGPACK_OBJECT_ARRAY && o->via.array.size > 0;
+    bool map = o->type == MSGPACK_OBJECT_MAP && o->via.map.size > 0;
+    if (!array && !map) {
+        return 0;
+    }
+    if (limit == 0) {
+        return 1;
+    }
+    unsigned deepest = 0;
+    uint32_t n = array ? o->via.array.size : o->via.map.size;
+    for (uint32_t i = 0; i < n && deepest < limit; i++) {
+        unsigned d;
+        if (array) {
+            d = nesting(&o->via.array.ptr[i], limit - 1);
+        } else {
+            unsigned k = nesting(&o->via.map.ptr[i].key, limit - 1);
+            unsigned v = nesting(&o->via.map.ptr[i].val, limit - 1);
+            d = k > v ? k : v;
+        }
+        deepest = d > deepest ? d : deepest;
+    }
+    return deepest + 1;
 }
 
 int craft__mp_skip(craft__mp_reader_t *r)
 {
-    craft__mp_scan_t s;
-    craft__mp_scan_init(&s, 1, r->len - r->pos, r->max_str,
-                        r->max_depth - r->depth);
-    int rv = craft__mp_scan_run(&s, r->p + r->pos, r->len - r->pos);
-    if (rv == CRAFT__MP_BAD) {
-        return bad(r, s.reason);
+    const msgpack_object *o;
+    int rv = next(r, &o);
+    if (rv != CRAFT__MP_OK) {
+        return rv;
     }
-    if (rv == CRAFT__MP_OK) {
-        r->pos += s.pos;
+    unsigned left = r->max_depth - r->depth;
+    if (nesting(o, left) > left) {
+        return bad(r, "nesting too deep");
     }
-    return rv;
+    consume(r);
+    return CRAFT__MP_OK;
 }
 
 int craft__mp_read_cstr_dup(craft__mp_reader_t *r, char **out)
@@ -901,9 +1069,13 @@ int craft__configuration_decode(const void *buf, size_t len,
             rv = craft__mp_skip(&r);
         }
     }
+    if (rv == CRAFT__MP_OK) {
+        craft__mp_leave(&r);
+    }
     if (rv == CRAFT__MP_OK && (!have_servers || r.pos != len)) {
         rv = CRAFT__MP_BAD;
     }
+    craft__mp_reader_destroy(&r);
     if (rv != CRAFT__MP_OK) {
         craft_configuration_free(out);
         return rv == CRAFT_ENOMEM ? CRAFT_ENOMEM : CRAFT_ECORRUPT;

@@ -3,22 +3,34 @@
  * configuration-entry codec (hashicorp's EncodeConfiguration /
  * DecodeConfiguration). See WIRE.md §3 and §6.
  *
- * Writer: appends msgpack to a growable buffer in exactly the forms
- * go-msgpack writes (raw/str family only for strings and bytes, smallest
- * unsigned forms, v0.5.5 or v2 signed forms). Errors are sticky: every
- * put_* is a no-op once the buffer has failed; check `err` at the end.
+ * Encoding and decoding are msgpack-c's; this file shapes them after
+ * go-msgpack and guards them against hostile input.
  *
- * Reader: a bounded cursor over a byte buffer decoding one value at a time.
- * It never reads outside [p, p+len), never allocates, and reports three
- * outcomes: CRAFT__MP_OK, CRAFT__MP_SHORT (the buffer ends inside the
- * value: more bytes could complete it) and CRAFT__MP_BAD (malformed, wrong
- * type or over a limit; `reason` holds a static description). After SHORT
- * or BAD the position is unspecified: the value is to be abandoned.
+ * Writer: msgpack-c's packer (msgpack_pack_*) appending to a growable
+ * buffer, in exactly the forms go-msgpack writes (raw/str family only for
+ * strings and bytes, smallest unsigned forms, v0.5.5 or v2 signed forms).
+ * Errors are sticky: every put_* is a no-op once the buffer has failed;
+ * check `err` at the end.
+ *
+ * Reader: a cursor over the values in a byte buffer. Each top-level value
+ * is first checked by the scanner below (complete, within the limits,
+ * nesting within CRAFT__MP_MAX_DEPTH) and then decoded by msgpack-c
+ * (msgpack_unpack_next) into an object tree, which the cursor walks one
+ * value at a time; strings and ext payloads are views into the buffer. It
+ * never reads outside [p, p+len) and reports three outcomes: CRAFT__MP_OK,
+ * CRAFT__MP_SHORT (the buffer ends inside the value: more bytes could
+ * complete it) and CRAFT__MP_BAD (malformed, wrong type or over a limit;
+ * `reason` holds a static description). After SHORT or BAD the position
+ * is unspecified: the value is to be abandoned. A reader holds msgpack-c
+ * memory while inside a top-level value: craft__mp_reader_destroy releases
+ * it (always safe to call).
  *
  * Scanner: a resumable structural check that finds where one (or several
  * consecutive) msgpack values end without decoding them, for stream
- * framing. It keeps its progress between calls, so a value arriving in many
- * pieces is scanned once in total.
+ * framing and to bound what msgpack-c is given (it sizes each map and
+ * array from the declared count before reading the items). It keeps its
+ * progress between calls, so a value arriving in many pieces is scanned
+ * once in total.
  *
  * No I/O anywhere in this file. Not thread-safe per object; distinct
  * objects may be used concurrently.
@@ -28,6 +40,7 @@
 
 #include "craft.h"
 
+#include <msgpack.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -98,14 +111,15 @@ enum {
     CRAFT__MP_BAD = 2    /* malformed / wrong type / over a limit */
 };
 
-/* Deepest nesting any craft reader or scanner supports. */
-#define CRAFT__MP_MAX_DEPTH 64
+/* Deepest nesting any craft reader or scanner supports: msgpack-c's
+ * decoder stack (MSGPACK_EMBED_STACK_SIZE). */
+#define CRAFT__MP_MAX_DEPTH 32
 
 typedef enum {
     CRAFT__MP_T_NIL,
     CRAFT__MP_T_BOOL,
-    CRAFT__MP_T_UINT, /* positive fixint, cc..cf */
-    CRAFT__MP_T_INT,  /* negative fixint, d0..d3 */
+    CRAFT__MP_T_UINT, /* an integer >= 0, any int family */
+    CRAFT__MP_T_INT,  /* an integer < 0 */
     CRAFT__MP_T_FLOAT,
     CRAFT__MP_T_STR,  /* fixstr, d9, da, db */
     CRAFT__MP_T_BIN,  /* c4..c6 */
@@ -115,20 +129,48 @@ typedef enum {
     CRAFT__MP_T_INVALID /* 0xc1 */
 } craft__mp_type_t;
 
+/* One entered map or array: its values (a map's keys and values
+ * alternate) and the next one to read. */
+typedef struct craft__mp_level {
+    const msgpack_object *items;  /* array items (NULL for a map) */
+    const msgpack_object_kv *kv;  /* map pairs (NULL for an array) */
+    uint64_t n;                   /* values: items, or 2 x pairs */
+    uint64_t i;                   /* next value */
+} craft__mp_level_t;
+
 typedef struct craft__mp_reader {
     const uint8_t *p; /* borrowed: the caller keeps it alive */
     size_t len;
-    size_t pos;         /* next byte to read */
+    size_t pos;         /* start of the next top-level value */
     unsigned depth;     /* containers currently entered */
     unsigned max_depth; /* <= CRAFT__MP_MAX_DEPTH */
     size_t max_str;     /* longest string/bin/ext payload accepted */
     const char *reason; /* static description of the last CRAFT__MP_BAD */
+    bool scanned;       /* the values were scanned already: see below */
+    /* msgpack-c's tree of the top-level value at `top_pos` (SIZE_MAX:
+     * none decoded), which ends at top_end, in `zone` (NULL: none held) */
+    msgpack_zone *zone;
+    msgpack_object top;
+    size_t top_pos;
+    size_t top_end;
+    craft__mp_level_t lv[CRAFT__MP_MAX_DEPTH];
 } craft__mp_reader_t;
 
 /* Reader over [p, p+len) with the given limits (0 = the defaults:
  * depth CRAFT__MP_MAX_DEPTH, strings up to `len`). */
 void craft__mp_reader_init(craft__mp_reader_t *r, const void *p, size_t len,
                            unsigned max_depth, size_t max_str);
+
+/* Releases the decoded tree, if any. The reader may be used again (it
+ * decodes the value at `pos` anew). */
+void craft__mp_reader_destroy(craft__mp_reader_t *r);
+/* Tells the reader that craft__mp_scan_run already found every value in
+ * its buffer complete, with limits (string length, depth) no looser than
+ * the reader's: it skips its own scan before handing a value to msgpack-c.
+ * The wire decoders scan each frame as it arrives. */
+void craft__mp_reader_scanned(craft__mp_reader_t *r);
+/* Whether the next value is nil (not consumed); false on any error. */
+bool craft__mp_next_is_nil(craft__mp_reader_t *r);
 
 /* Type of the next value; CRAFT__MP_SHORT when no byte is left. */
 int craft__mp_peek(craft__mp_reader_t *r, craft__mp_type_t *t);

@@ -673,7 +673,7 @@ static int entries_field(craft__mp_reader_t *r, const craft__wire_limits_t *lim,
     *entries = e;
     for (uint32_t i = 0; i < n; i++) {
         *n_entries = i + 1;
-        if (r->pos < r->len && r->p[r->pos] == 0xc0) {
+        if (craft__mp_next_is_nil(r)) {
             /* a nil *Log would crash a Go receiver: never valid */
             return bad(r, "nil log entry");
         }
@@ -896,6 +896,7 @@ static int finish_decode(craft__wire_decoder_t *d, craft__mp_reader_t *r,
         /* cannot happen: the scan delimited exactly this value */
         rv = bad(r, "frame length mismatch");
     }
+    craft__mp_reader_destroy(r);
     if (rv == CRAFT_ENOMEM) {
         craft__wire_decoder_reset(d);
         return CRAFT_ENOMEM;
@@ -953,6 +954,7 @@ int craft__wire_decode_request(craft__wire_decoder_t *d, const void *buf,
     craft__mp_reader_t r;
     craft__mp_reader_init(&r, p + 1, frame - 1, d->limits.max_depth,
                           d->limits.max_blob_bytes);
+    craft__mp_reader_scanned(&r); /* by scan_frame, with the same limits */
     memset(&rpc->req, 0, sizeof rpc->req);
     rpc->type = (craft_rpc_type_t)d->rpc_type;
     rv = get_fields(&r, &d->limits, &requests[rpc->type], &rpc->req);
@@ -990,6 +992,7 @@ int craft__wire_decode_response(craft__wire_decoder_t *d, craft_rpc_type_t type,
     craft__mp_reader_t r;
     craft__mp_reader_init(&r, p, frame, d->limits.max_depth,
                           d->limits.max_blob_bytes);
+    craft__mp_reader_scanned(&r); /* by scan_frame, with the same limits */
     memset(resp, 0, sizeof *resp);
     resp->type = type;
     rv = craft__mp_read_cstr_dup(&r, &resp->error);
@@ -998,7 +1001,7 @@ int craft__wire_decode_response(craft__wire_decoder_t *d, craft_rpc_type_t type,
         resp->error = NULL;
     }
     if (rv == CRAFT__MP_OK) {
-        resp->has_body = !(r.pos < r.len && r.p[r.pos] == 0xc0);
+        resp->has_body = !craft__mp_next_is_nil(&r);
         rv = get_fields(&r, &d->limits, &responses[type], &resp->body);
     }
     rv = finish_decode(d, &r, rv);

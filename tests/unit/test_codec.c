@@ -208,6 +208,7 @@ START_TEST(test_reader_int_families)
     /* negatives are refused for unsigned fields, accepted for signed */
     n = tu_hex("ff d0 80 cf ff ff ff ff ff ff ff ff ca 00 00 00 00 a1 41", b,
                sizeof b);
+    craft__mp_reader_destroy(&r);
     craft__mp_reader_init(&r, b, n, 0, 0);
     ck_assert_int_eq(craft__mp_read_uint(&r, &v), CRAFT__MP_BAD);
     int64_t s;
@@ -221,6 +222,7 @@ START_TEST(test_reader_int_families)
     r.pos += 5;
     ck_assert_int_eq(craft__mp_read_uint(&r, &v), CRAFT__MP_BAD); /* string */
     ck_assert_ptr_nonnull(r.reason);
+    craft__mp_reader_destroy(&r);
 }
 END_TEST
 
@@ -271,6 +273,7 @@ START_TEST(test_reader_bool_and_strings)
     ck_assert_int_eq(craft__mp_read_cstr_dup(&r, &c), CRAFT__MP_OK);
     ck_assert_str_eq(c, "");
     free(c);
+    craft__mp_reader_destroy(&r);
 }
 END_TEST
 
@@ -285,29 +288,77 @@ START_TEST(test_reader_limits)
     size_t sl;
     craft__mp_reader_init(&r, b, n, 0, (size_t)1 << 40);
     ck_assert_int_eq(craft__mp_read_str(&r, &s, &sl), CRAFT__MP_SHORT);
+    craft__mp_reader_destroy(&r);
     craft__mp_reader_init(&r, b, n, 0, 1000);
     ck_assert_int_eq(craft__mp_read_str(&r, &s, &sl), CRAFT__MP_BAD);
     /* array count larger than the bytes left */
     n = tu_hex("dd ff ff ff ff 01 02", b, sizeof b);
     uint32_t cnt;
+    craft__mp_reader_destroy(&r);
     craft__mp_reader_init(&r, b, n, 0, 0);
     ck_assert_int_eq(craft__mp_read_array(&r, &cnt), CRAFT__MP_SHORT);
     /* depth */
     n = tu_hex("91 91 91 91 00", b, sizeof b);
+    craft__mp_reader_destroy(&r);
     craft__mp_reader_init(&r, b, n, 3, 0);
     for (int i = 0; i < 3; i++) {
         ck_assert_int_eq(craft__mp_read_array(&r, &cnt), CRAFT__MP_OK);
     }
     ck_assert_int_eq(craft__mp_read_array(&r, &cnt), CRAFT__MP_BAD);
+    craft__mp_reader_destroy(&r);
     craft__mp_reader_init(&r, b, n, 3, 0);
     ck_assert_int_eq(craft__mp_skip(&r), CRAFT__MP_BAD);
+    craft__mp_reader_destroy(&r);
     craft__mp_reader_init(&r, b, n, 4, 0);
     ck_assert_int_eq(craft__mp_skip(&r), CRAFT__MP_OK);
     ck_assert_uint_eq(r.pos, n);
     /* 0xc1 is never valid */
     n = tu_hex("c1", b, sizeof b);
+    craft__mp_reader_destroy(&r);
     craft__mp_reader_init(&r, b, n, 0, 0);
     ck_assert_int_eq(craft__mp_skip(&r), CRAFT__MP_BAD);
+    craft__mp_reader_destroy(&r);
+}
+END_TEST
+
+/* The reader decodes through msgpack-c: nesting past its decoder stack is
+ * refused by the scanner in front of it, never handed to it; peeking at
+ * nil does not consume; a container's values end where its count says. */
+START_TEST(test_reader_msgpack_c_tree)
+{
+    uint8_t b[64];
+    memset(b, 0x91, 40);
+    b[40] = 0;
+    craft__mp_reader_t r;
+    uint32_t n;
+    craft__mp_reader_init(&r, b, 41, 0, 0);
+    ck_assert_int_eq(craft__mp_read_array(&r, &n), CRAFT__MP_BAD);
+    ck_assert_str_eq(r.reason, "nesting too deep");
+    craft__mp_reader_destroy(&r);
+
+    size_t len = tu_hex("c0 92 c0 01 a1 41", b, sizeof b);
+    craft__mp_reader_init(&r, b, len, 0, 0);
+    ck_assert(craft__mp_next_is_nil(&r));
+    ck_assert(craft__mp_try_nil(&r));
+    ck_assert_uint_eq(r.pos, 1);
+    ck_assert(!craft__mp_next_is_nil(&r));
+    ck_assert_int_eq(craft__mp_read_array(&r, &n), CRAFT__MP_OK);
+    ck_assert_uint_eq(n, 2);
+    ck_assert(craft__mp_next_is_nil(&r));
+    ck_assert(craft__mp_try_nil(&r));
+    uint64_t v = 0;
+    ck_assert_int_eq(craft__mp_read_uint(&r, &v), CRAFT__MP_OK);
+    ck_assert_uint_eq(v, 1);
+    ck_assert_int_eq(craft__mp_read_uint(&r, &v), CRAFT__MP_BAD); /* past the 2 */
+    craft__mp_leave(&r);
+    ck_assert_uint_eq(r.pos, 4);
+    const uint8_t *s;
+    size_t sl;
+    ck_assert_int_eq(craft__mp_read_str(&r, &s, &sl), CRAFT__MP_OK);
+    ck_assert_ptr_eq(s, b + 5); /* a view into the buffer, not a copy */
+    ck_assert_uint_eq(r.pos, len);
+    ck_assert_int_eq(craft__mp_read_str(&r, &s, &sl), CRAFT__MP_SHORT);
+    craft__mp_reader_destroy(&r);
 }
 END_TEST
 
@@ -375,12 +426,17 @@ START_TEST(test_scan_limits)
     craft__mp_scan_init(&s, 1, 8, 8, 16);
     ck_assert_int_eq(craft__mp_scan_run(&s, b, n), CRAFT__MP_BAD);
     /* nesting */
-    memset(b, 0x91, 40);
-    b[40] = 0;
-    craft__mp_scan_init(&s, 1, 1000, 1000, 40);
-    ck_assert_int_eq(craft__mp_scan_run(&s, b, 41), CRAFT__MP_OK);
-    craft__mp_scan_init(&s, 1, 1000, 1000, 39);
-    ck_assert_int_eq(craft__mp_scan_run(&s, b, 41), CRAFT__MP_BAD);
+    memset(b, 0x91, 32);
+    b[32] = 0;
+    craft__mp_scan_init(&s, 1, 1000, 1000, 32);
+    ck_assert_int_eq(craft__mp_scan_run(&s, b, 33), CRAFT__MP_OK);
+    craft__mp_scan_init(&s, 1, 1000, 1000, 31);
+    ck_assert_int_eq(craft__mp_scan_run(&s, b, 33), CRAFT__MP_BAD);
+    /* deeper than msgpack-c's decoder stack: refused whatever asked */
+    memset(b, 0x91, 33);
+    b[33] = 0;
+    craft__mp_scan_init(&s, 1, 1000, 1000, 64);
+    ck_assert_int_eq(craft__mp_scan_run(&s, b, 34), CRAFT__MP_BAD);
     /* every type skips */
     n = tu_hex("ca 00 00 00 00 cb 00 00 00 00 00 00 00 00 d4 01 02 d8 01"
                " 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 c7 01 05 aa"
@@ -704,6 +760,7 @@ static Suite *codec_suite(void)
     tcase_add_test(tc, test_reader_int_families);
     tcase_add_test(tc, test_reader_bool_and_strings);
     tcase_add_test(tc, test_reader_limits);
+    tcase_add_test(tc, test_reader_msgpack_c_tree);
     tcase_add_test(tc, test_scan_incremental);
     tcase_add_test(tc, test_scan_limits);
     suite_add_tcase(s, tc);
