@@ -176,6 +176,7 @@ typedef enum {
 
 typedef struct field {
     const char *name; /* Go field name: the map key */
+    uint8_t name_len; /* strlen(name) */
     uint8_t kind;     /* field_kind_t */
     bool since_1_3;   /* left out in the 1.1.2 format: RPCHeader ID/Addr
                          (NEW 1.3.7) and Log.AppendedAt (NEW 1.3.0) */
@@ -188,10 +189,12 @@ typedef struct message {
     size_t n;
 } message_t;
 
-#define FIELD(T, name, kind, m) {(name), (kind), false, offsetof(T, m), 0}
-#define FIELD_1_3(T, name, kind, m) {(name), (kind), true, offsetof(T, m), 0}
+#define FIELD(T, name, kind, m)                                                \
+    {(name), sizeof(name) - 1, (kind), false, offsetof(T, m), 0}
+#define FIELD_1_3(T, name, kind, m)                                            \
+    {(name), sizeof(name) - 1, (kind), true, offsetof(T, m), 0}
 #define FIELD_N(T, name, kind, m, len)                                         \
-    {(name), (kind), false, offsetof(T, m), offsetof(T, len)}
+    {(name), sizeof(name) - 1, (kind), false, offsetof(T, m), offsetof(T, len)}
 #define MESSAGE(fields) {(fields), sizeof(fields) / sizeof((fields)[0])}
 
 /* The flattened RPCHeader (WIRE.md §4). */
@@ -257,7 +260,7 @@ static const field_t request_vote_resp[] = {
     ADDR(S),
     FIELD(S, "Granted", F_BOOL, granted),
     ID(S),
-    {"Peers", F_NIL, false, 0, 0}, /* filled only for protocol < 2 */
+    {"Peers", 5, F_NIL, false, 0, 0}, /* filled only for protocol < 2 */
     PROTOCOL_VERSION(S),
     FIELD(S, "Term", F_UINT, term),
 };
@@ -492,7 +495,7 @@ static int put_fields(craft__mp_buf_t *b, craft__wire_format_t fmt,
         if (!field_sent(f, fmt)) {
             continue;
         }
-        craft__mp_put_str(b, f->name, strlen(f->name));
+        craft__mp_put_str(b, f->name, f->name_len);
         int rv = put_field(b, fmt, f, msg);
         if (rv != 0) {
             return rv;
@@ -740,12 +743,17 @@ static int get_field(craft__mp_reader_t *r, const craft__wire_limits_t *lim,
     return craft__mp_skip(r);
 }
 
+/* The table's field named k. Senders write the keys in the table's order
+ * (sorted), so the search starts after the previous match (*hint). */
 static const field_t *find_field(const message_t *m, const uint8_t *k,
-                                 size_t kl)
+                                 size_t kl, size_t *hint)
 {
-    for (size_t i = 0; i < m->n; i++) {
-        if (craft__mp_key_is(k, kl, m->fields[i].name)) {
-            return &m->fields[i];
+    for (size_t j = 0; j < m->n; j++) {
+        size_t i = (*hint + j) % m->n;
+        const field_t *f = &m->fields[i];
+        if (f->name_len == kl && memcmp(f->name, k, kl) == 0) {
+            *hint = i + 1;
+            return f;
         }
     }
     return NULL;
@@ -762,13 +770,14 @@ static int get_fields(craft__mp_reader_t *r, const craft__wire_limits_t *lim,
         return CRAFT__MP_OK;
     }
     int rv = craft__mp_read_map(r, &n);
+    size_t hint = 0;
     for (uint32_t i = 0; rv == CRAFT__MP_OK && i < n; i++) {
         const uint8_t *k;
         size_t kl;
         if ((rv = craft__mp_read_str(r, &k, &kl)) != CRAFT__MP_OK) {
             break;
         }
-        const field_t *f = find_field(m, k, kl);
+        const field_t *f = find_field(m, k, kl, &hint);
         rv = f != NULL ? get_field(r, lim, f, msg) : craft__mp_skip(r);
     }
     if (rv == CRAFT__MP_OK) {
