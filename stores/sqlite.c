@@ -68,8 +68,6 @@ enum {
     ST_FREELIST,
     ST_PAGES,
     ST_VACUUM,
-    ST_SYNC_NORMAL,
-    ST_SYNC_FULL,
     ST__N
 };
 
@@ -96,8 +94,6 @@ static const char *const sq_stmt_sql[ST__N] = {
     [ST_FREELIST] = "PRAGMA freelist_count",
     [ST_PAGES] = "PRAGMA page_count",
     [ST_VACUUM] = "PRAGMA incremental_vacuum",
-    [ST_SYNC_NORMAL] = "PRAGMA synchronous=NORMAL",
-    [ST_SYNC_FULL] = "PRAGMA synchronous=FULL",
 };
 
 static const char sq_commit_key[] = "commit_index";
@@ -672,6 +668,16 @@ err:
  * store contract allows. Truncating a suffix (a conflict) stays one synced
  * transaction.
  */
+/* Sets the connection's synchronous level. Not a prepared statement: this
+ * pragma acts when it is compiled, so a "PRAGMA synchronous=FULL" prepared
+ * at open for later use switched the connection to FULL there and then
+ * (durability NORMAL synced every commit). */
+static int sq_set_sync(sq_db_t *d, bool full)
+{
+    return sqlite3_exec(d->db, full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL",
+                        NULL, NULL, NULL);
+}
+
 static int sq_compact(sq_db_t *d, uint64_t min, uint64_t max)
 {
     int rv = 0;
@@ -679,12 +685,12 @@ static int sq_compact(sq_db_t *d, uint64_t min, uint64_t max)
         uint64_t hi = max - lo >= SQ_COMPACT_CHUNK - 1 ? lo + SQ_COMPACT_CHUNK - 1 : max;
         pthread_mutex_lock(&d->mu);
         if ((rv = sq_check_failed(d)) == 0) {
-            int rc = d->sync_full ? sq_run(d, ST_SYNC_NORMAL) : SQLITE_OK;
+            int rc = d->sync_full ? sq_set_sync(d, false) : SQLITE_OK;
             if (rc != SQLITE_OK) {
                 rv = sq_write_failed(d, rc, "delete_range");
             } else {
                 rv = sq_delete_txn(d, lo, hi, hi == max);
-                rc = d->sync_full ? sq_run(d, ST_SYNC_FULL) : SQLITE_OK;
+                rc = d->sync_full ? sq_set_sync(d, true) : SQLITE_OK;
                 if (rc != SQLITE_OK && rv == 0) {
                     /* Appends must not go on without their fsync. */
                     rv = sq_write_failed(d, rc, "delete_range");
