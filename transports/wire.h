@@ -65,7 +65,7 @@ typedef struct craft__wire_limits {
      * addresses, error strings). Default 32 MiB. */
     size_t max_blob_bytes;
     /* Deepest msgpack nesting, including inside unknown keys. Default 16,
-     * at most CRAFT__MP_MAX_DEPTH. */
+     * at most CRAFT__MP_MAX_DEPTH (32). */
     unsigned max_depth;
 } craft__wire_limits_t;
 

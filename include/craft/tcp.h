@@ -155,7 +155,8 @@ typedef struct craft_tcp_options {
     craft_level_t log_level;
     /* Limits for decoding incoming requests and responses (0 = the wire
      * codec's defaults: 64 MiB frame, 1024 entries, 32 MiB per string or
-     * blob, nesting 16). Snapshot data is not part of a frame. */
+     * blob, nesting 16; nesting is capped at 32, msgpack-c's decoder
+     * stack). Snapshot data is not part of a frame. */
     size_t max_frame_bytes;
     size_t max_entries;
     size_t max_blob_bytes;
