@@ -14,16 +14,17 @@
  *
  * Reader: a cursor over the values in a byte buffer. Each top-level value
  * is first checked by the scanner below (complete, within the limits,
- * nesting within CRAFT__MP_MAX_DEPTH) and then decoded by msgpack-c
- * (msgpack_unpack_next) into an object tree, which the cursor walks one
- * value at a time; strings and ext payloads are views into the buffer. It
- * never reads outside [p, p+len) and reports three outcomes: CRAFT__MP_OK,
- * CRAFT__MP_SHORT (the buffer ends inside the value: more bytes could
- * complete it) and CRAFT__MP_BAD (malformed, wrong type or over a limit;
- * `reason` holds a static description). After SHORT or BAD the position
- * is unspecified: the value is to be abandoned. A reader holds msgpack-c
- * memory while inside a top-level value: craft__mp_reader_destroy releases
- * it (always safe to call).
+ * nesting within CRAFT__MP_MAX_DEPTH; skipped when the caller scanned the
+ * buffer already: craft__mp_reader_scanned) and then decoded by msgpack-c
+ * (msgpack_unpack, in a zone each thread reuses) into an object tree,
+ * which the cursor walks one value at a time; strings and ext payloads are
+ * views into the buffer. It never reads outside [p, p+len) and reports
+ * three outcomes: CRAFT__MP_OK, CRAFT__MP_SHORT (the buffer ends inside
+ * the value: more bytes could complete it) and CRAFT__MP_BAD (malformed,
+ * wrong type or over a limit; `reason` holds a static description). After
+ * SHORT or BAD the position is unspecified: the value is to be abandoned.
+ * A reader holds msgpack-c memory while inside a top-level value:
+ * craft__mp_reader_destroy releases it (always safe to call).
  *
  * Scanner: a resumable structural check that finds where one (or several
  * consecutive) msgpack values end without decoding them, for stream
