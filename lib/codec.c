@@ -472,7 +472,7 @@ static int top_value(craft__mp_reader_t *r, const msgpack_object **o)
         return CRAFT_ENOMEM;
     }
     if (ur == MSGPACK_UNPACK_CONTINUE) {
-        return CRAFT__MP_SHORT; /* only when not scanned: cannot happen */
+        return CRAFT__MP_SHORT; /* the scan found the value complete: not expected */
     }
     if (ur != MSGPACK_UNPACK_SUCCESS && ur != MSGPACK_UNPACK_EXTRA_BYTES) {
         return bad(r, "msgpack-c rejected the value");

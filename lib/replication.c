@@ -24,7 +24,7 @@ enum { SEND_OK, SEND_RETRY, SEND_STOP };
  * after its pipeline filled up): larger batches mean fewer store reads and
  * fewer follower writes and fsyncs per entry, so a lagging peer catches up
  * instead of falling further behind under load. A peer within one batch of
- * the tail gets max_append_entries as before. Still bounded by
+ * the tail gets what is pending, at most max_append_entries. Still bounded by
  * CRAFT__MAX_BATCH_BYTES and by hashicorp's 1024. */
 static size_t catchup_cap(const craft_t *r)
 {

@@ -654,6 +654,16 @@ err:
     return sq_write_failed(d, rc, "delete_range");
 }
 
+/* Sets the connection's synchronous level. Not a prepared statement: this
+ * pragma acts when it is compiled, so a "PRAGMA synchronous=FULL" prepared
+ * at open for later use switched the connection to FULL there and then
+ * (durability NORMAL synced every commit). */
+static int sq_set_sync(sq_db_t *d, bool full)
+{
+    return sqlite3_exec(d->db, full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL",
+                        NULL, NULL, NULL);
+}
+
 /*
  * Compaction: deleting a prefix of the log that leaves at least one entry.
  * sqlite dirties every leaf page it deletes rows from, so dropping 20,000
@@ -668,16 +678,6 @@ err:
  * store contract allows. Truncating a suffix (a conflict) stays one synced
  * transaction.
  */
-/* Sets the connection's synchronous level. Not a prepared statement: this
- * pragma acts when it is compiled, so a "PRAGMA synchronous=FULL" prepared
- * at open for later use switched the connection to FULL there and then
- * (durability NORMAL synced every commit). */
-static int sq_set_sync(sq_db_t *d, bool full)
-{
-    return sqlite3_exec(d->db, full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL",
-                        NULL, NULL, NULL);
-}
-
 static int sq_compact(sq_db_t *d, uint64_t min, uint64_t max)
 {
     int rv = 0;

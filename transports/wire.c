@@ -260,7 +260,7 @@ static const field_t request_vote_resp[] = {
     ADDR(S),
     FIELD(S, "Granted", F_BOOL, granted),
     ID(S),
-    {"Peers", 5, F_NIL, false, 0, 0}, /* filled only for protocol < 2 */
+    {"Peers", sizeof("Peers") - 1, F_NIL, false, 0, 0}, /* filled only for protocol < 2 */
     PROTOCOL_VERSION(S),
     FIELD(S, "Term", F_UINT, term),
 };
