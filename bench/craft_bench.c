@@ -37,6 +37,7 @@
 #include <ftw.h>
 #include <pthread.h>
 #include <sqlite3.h>
+#include <sys/resource.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -77,6 +78,7 @@ typedef struct opts {
     bool apply_inline; /* config.apply_inline */
     int64_t wait_spin_us; /* config.wait_spin_us */
     int loops; /* tcp: shared craft_tcp_loop_t threads; 0 = one per node */
+    int64_t loop_spin_us; /* craft_tcp_loop_set_spin on those loops */
     /* config.snapshot_interval_ms / snapshot_threshold / trailing_logs;
      * 0 = the library default (120 s / 8192 / 10240) */
     int64_t snapshot_ms;
@@ -387,7 +389,8 @@ static void open_node(int i)
         }
         if (O.loops > 0) {
             craft_tcp_loop_t **l = &tcp_loops[i % O.loops];
-            if (*l == NULL && (rv = craft_tcp_loop_new(l)) != 0) {
+            if (*l == NULL && ((rv = craft_tcp_loop_new(l)) != 0 ||
+                               (rv = craft_tcp_loop_set_spin(*l, O.loop_spin_us)) != 0)) {
                 die("tcp loop", rv);
             }
             to.loop = *l;
@@ -504,6 +507,17 @@ static int wait_leader(int except, int64_t timeout_ms)
 }
 
 /* ---- /proc ---- */
+
+/* User + system CPU time of the whole process so far, in seconds. */
+static double cpu_seconds(void)
+{
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0) {
+        return 0;
+    }
+    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+           (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
+}
 
 static long proc_status_kb(const char *field)
 {
@@ -857,6 +871,13 @@ static void stats_print(uint64_t ops)
             (unsigned long long)ops, proc_status_kb("RssAnon"),
             (long long)(sqlite3_memory_used() / 1024),
             (long long)(sqlite3_memory_highwater(0) / 1024));
+    for (int i = 0; i < MAX_NODES && tcp_loops[i] != NULL; i++) {
+        craft_tcp_loop_stats_t ls;
+        craft_tcp_loop_stats(tcp_loops[i], &ls);
+        fprintf(stderr, "craft-bench: stats loop=%d spins=%llu spin_hits=%llu sleeps=%llu\n", i,
+                (unsigned long long)ls.spins, (unsigned long long)ls.spin_hits,
+                (unsigned long long)ls.sleeps);
+    }
 }
 
 /* ---- main ---- */
@@ -870,6 +891,7 @@ static void usage(const char *argv0)
             "  [--max-append M] [--max-inflight I] [--max-uncommitted U] [--dir DIR]\n"
             "  [--progress-ms 1000] [--no-election] [--stats] [--verbose] [--async]\n"
             "  [--apply-inline] [--wait-spin-us US] [--shared-loop] [--loops N]\n"
+            "  [--loop-spin-us US]\n"
             "  [--snapshot-ms MS] [--snapshot-threshold N] [--trailing-logs N]\n",
             argv0);
     exit(2);
@@ -935,6 +957,8 @@ static void parse(int argc, char **argv)
             O.loops = 1;
         } else if (OPT("--loops")) {
             O.loops = atoi(v);
+        } else if (OPT("--loop-spin-us")) {
+            O.loop_spin_us = atoll(v);
         } else if (strcmp(a, "--verbose") == 0) {
             O.verbose = true;
         } else {
@@ -944,7 +968,8 @@ static void parse(int argc, char **argv)
     }
     if (O.nodes < 1 || O.nodes > MAX_NODES || O.clients < 1 ||
         O.clients > MAX_CLIENTS || O.depth < 1 || O.depth > 4096 || O.loops < 0 ||
-        O.loops > MAX_NODES ||
+        O.loops > MAX_NODES || O.loop_spin_us < 0 ||
+        O.loop_spin_us > CRAFT_TCP_LOOP_SPIN_MAX_US || (O.loop_spin_us > 0 && O.loops == 0) ||
         O.seconds <= 0 || O.warmup < 0 || O.progress_ms < 0 ||
         (strcmp(O.transport, "inmem") != 0 && strcmp(O.transport, "tcp") != 0) ||
         (strcmp(O.store, "inmem") != 0 && strcmp(O.store, "sqlite") != 0)) {
@@ -1021,10 +1046,12 @@ int main(int argc, char **argv)
         stats_snapshot(stats_at_start);
     }
     int64_t m_start = now_ns();
+    double cpu_start = cpu_seconds();
     atomic_store(&phase, PHASE_MEASURE);
     run_until(start, m_start + (int64_t)(O.seconds * 1e9), &last_t, &last_ops);
     atomic_store(&phase, PHASE_STOP);
     int64_t m_end = now_ns();
+    double cpu = cpu_seconds() - cpu_start;
     long rss_kb = proc_status_kb("VmRSS");
     long rss_peak_kb = proc_status_kb("VmHWM");
     long rss_anon_kb = proc_status_kb("RssAnon");
@@ -1090,19 +1117,21 @@ int main(int argc, char **argv)
 
     printf("{\"impl\":\"craft\",\"nodes\":%d,\"transport\":\"%s\",\"store\":\"%s\","
            "\"clients\":%d,\"depth\":%d,\"async\":%s,\"apply_inline\":%s,"
-           "\"wait_spin_us\":%lld,\"loops\":%d,\"payload\":%zu,"
+           "\"wait_spin_us\":%lld,\"loops\":%d,\"loop_spin_us\":%lld,\"payload\":%zu,"
            "\"snapshot_ms\":%lld,\"min_snapshot_index\":%llu,\"seconds\":%.2f,"
            "\"ops\":%llu,\"ops_per_sec\":%.1f,\"p50_us\":%llu,\"p99_us\":%llu,"
            "\"max_us\":%llu,\"election_ms\":%.1f,\"rss_kb\":%ld,"
-           "\"rss_peak_kb\":%ld,\"rss_anon_kb\":%ld,\"retries\":%llu,\"failures\":%llu}\n",
+           "\"rss_peak_kb\":%ld,\"rss_anon_kb\":%ld,\"cpu_us_per_op\":%.1f,"
+           "\"retries\":%llu,\"failures\":%llu}\n",
            O.nodes, O.transport, O.store, O.clients, O.depth, O.async ? "true" : "false",
            O.apply_inline ? "true" : "false", (long long)O.wait_spin_us,
            strcmp(O.transport, "tcp") == 0 ? O.loops : 0,
+           strcmp(O.transport, "tcp") == 0 ? (long long)O.loop_spin_us : 0LL,
            O.payload, (long long)O.snapshot_ms, (unsigned long long)min_snapshot, window,
            (unsigned long long)ops, (double)ops / window,
            (unsigned long long)hist_pct(all, 0.50),
            (unsigned long long)hist_pct(all, 0.99), (unsigned long long)all->max,
-           election_ms, rss_kb, rss_peak_kb, rss_anon_kb,
+           election_ms, rss_kb, rss_peak_kb, rss_anon_kb, ops > 0 ? cpu * 1e6 / (double)ops : 0.0,
            (unsigned long long)atomic_load(&retries),
            (unsigned long long)atomic_load(&failures));
     fflush(stdout);

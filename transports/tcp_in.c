@@ -323,6 +323,7 @@ void craft__tcp_conn_read_cb(evutil_socket_t fd, short what, void *arg)
 {
     (void)what;
     conn_t *c = arg;
+    craft__tcp_loop_traffic(c->t);
     size_t want = READ_MIN;
     if (c->inbound && (c->state == IN_SNAPSHOT || c->state == IN_DRAINING)) {
         want = SNAP_CHUNK;

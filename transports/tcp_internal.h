@@ -183,10 +183,24 @@ typedef struct no_prevote {
  * thread and frees the base. */
 struct craft_tcp_loop {
     struct event_base *base;
-    struct event *stop; /* activated by the last unref; breaks the loop */
+    /* Activated by the last unref (after setting `stopping`) and by
+     * craft_tcp_loop_set_spin: breaks event_base_loop so that loop_main
+     * looks at both again. */
+    struct event *kick;
     pthread_t thread;
     atomic_int refs;
+    atomic_bool stopping;
+    _Atomic int64_t spin_ns; /* craft_tcp_loop_set_spin; 0 = never spin */
+    /* Loop thread only: reads and task batches handled (the traffic that
+     * spinning waits for), the moving average of the time from running
+     * out of work to the next traffic, idle periods without a spin since
+     * the last one (see loop_spin in tcp.c). */
+    uint64_t traffic;
+    int64_t gap_avg_ns;
+    unsigned unprobed;
+    atomic_uint_fast64_t st_spins, st_spin_hits, st_sleeps;
 };
+
 
 /* Whether the calling thread is `t`'s loop thread. */
 bool craft__tcp_on_loop(const tcp_t *t);
@@ -229,6 +243,13 @@ struct tcp {
     conn_t *conns; /* every open connection */
     peer_t *peers;
 };
+
+/* Counts traffic on `t`'s loop (on the loop thread): what a spinning loop
+ * waits for (see loop_main). */
+static inline void craft__tcp_loop_traffic(tcp_t *t)
+{
+    t->loop->traffic++;
+}
 
 /* Linear input buffer: bytes at p[off .. off+len). */
 typedef struct inbuf {

@@ -36,6 +36,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	hclog "github.com/hashicorp/go-hclog"
@@ -515,10 +516,12 @@ func main() {
 	}
 	runUntil(start, start.Add(time.Duration(opt.warmup*float64(time.Second))), &lastT, &lastOps)
 	mStart := time.Now()
+	cpuStart := cpuSeconds()
 	atomic.StoreInt32(&phase, 1)
 	runUntil(start, mStart.Add(time.Duration(opt.seconds*float64(time.Second))), &lastT, &lastOps)
 	atomic.StoreInt32(&phase, 2)
 	mEnd := time.Now()
+	cpu := cpuSeconds() - cpuStart
 	rssKB, rssPeakKB, rssAnonKB := procStatusKB("VmRSS"), procStatusKB("VmHWM"), procStatusKB("RssAnon")
 	// Compaction at work: the oldest snapshot any node holds (0 = one node
 	// has taken none).
@@ -540,6 +543,10 @@ func main() {
 		ops += clients[i].ops
 	}
 	window := mEnd.Sub(mStart).Seconds()
+	cpuPerOp := 0.0
+	if ops > 0 {
+		cpuPerOp = round1(cpu * 1e6 / float64(ops))
+	}
 
 	electionMs := -1.0
 	if opt.election && opt.nodes >= 3 {
@@ -562,7 +569,8 @@ func main() {
 		Seconds: round2(window), Ops: ops, OpsPerSec: round1(float64(ops) / window),
 		P50us: all.pct(0.50), P99us: all.pct(0.99), MaxUs: all.max,
 		ElectionMs: round1(electionMs), RssKB: rssKB, RssPeakKB: rssPeakKB, RssAnonKB: rssAnonKB,
-		Retries: atomic.LoadUint64(&retries), Failures: atomic.LoadUint64(&failures),
+		CPUusPerOp: cpuPerOp,
+		Retries:    atomic.LoadUint64(&retries), Failures: atomic.LoadUint64(&failures),
 		GoMaxProcs: runtime.GOMAXPROCS(0),
 	}
 	b, _ := json.Marshal(out)
@@ -608,9 +616,19 @@ type result struct {
 	RssKB            int64   `json:"rss_kb"`
 	RssPeakKB        int64   `json:"rss_peak_kb"`
 	RssAnonKB        int64   `json:"rss_anon_kb"`
+	CPUusPerOp       float64 `json:"cpu_us_per_op"`
 	Retries          uint64  `json:"retries"`
 	Failures         uint64  `json:"failures"`
 	GoMaxProcs       int     `json:"gomaxprocs"`
+}
+
+// cpuSeconds is the process's user + system CPU time so far.
+func cpuSeconds() float64 {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return float64(ru.Utime.Sec+ru.Stime.Sec) + float64(ru.Utime.Usec+ru.Stime.Usec)/1e6
 }
 
 func round1(v float64) float64 { return math.Round(v*10) / 10 }

@@ -294,6 +294,8 @@ static void open_transport(tc_cluster_t *c, size_t i)
         if (i % 2 == 0) {
             if (c->tcp_loop == NULL) {
                 ck_assert_int_eq(craft_tcp_loop_new(&c->tcp_loop), 0);
+                /* Polls a little when idle: spinning under real traffic. */
+                ck_assert_int_eq(craft_tcp_loop_set_spin(c->tcp_loop, 50), 0);
             }
             o.loop = c->tcp_loop;
         }

@@ -71,7 +71,8 @@ typedef struct tc_cluster {
     craft_config_t conf;
     bool connected[TC_MAX][TC_MAX];
     /* TCP: nodes 0, 2, 4, ... run their transports on this one shared loop
-     * (craft_tcp_loop_t), the others on loops of their own. */
+     * (craft_tcp_loop_t, spinning up to 50 us when idle), the others on
+     * loops of their own. */
     struct craft_tcp_loop *tcp_loop;
     /* Background threads hold it for reading while they use a node;
      * tc_start / tc_stop / tc_spawn take it for writing. */

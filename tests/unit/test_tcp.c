@@ -202,14 +202,17 @@ static void test_logger(void *ctx, craft_level_t level, const char *component,
 }
 
 /* "shared-loop" mode (second meson test): every transport a test creates
- * with opts_init runs on one loop shared by the whole test. */
+ * with opts_init runs on one loop shared by the whole test. "spinning-loop"
+ * (third): the same loop, spinning when idle (craft_tcp_loop_set_spin). */
 static bool shared_mode;
+static int64_t shared_spin_us;
 static craft_tcp_loop_t *shared_loop;
 
 static void shared_loop_setup(void)
 {
     if (shared_mode) {
         ck_assert_int_eq(craft_tcp_loop_new(&shared_loop), 0);
+        ck_assert_int_eq(craft_tcp_loop_set_spin(shared_loop, shared_spin_us), 0);
     }
 }
 
@@ -1925,9 +1928,78 @@ START_TEST(test_shared_loop_pipelines_both_ways)
 }
 END_TEST
 
+/* craft_tcp_loop_set_spin: arguments, and that it turns spinning on and off
+ * (counted by craft_tcp_loop_stats) while every RPC is answered. */
+START_TEST(test_loop_spin)
+{
+    craft_tcp_loop_stats_t st;
+    memset(&st, 0xff, sizeof st);
+    craft_tcp_loop_stats(NULL, &st);
+    ck_assert_uint_eq(st.spins + st.spin_hits + st.sleeps, 0);
+    craft_tcp_loop_stats(NULL, NULL);
+    ck_assert_int_eq(craft_tcp_loop_set_spin(NULL, 10), CRAFT_EINVAL);
+
+    craft_tcp_loop_t *loop = NULL;
+    ck_assert_int_eq(craft_tcp_loop_new(&loop), 0);
+    ck_assert_int_eq(craft_tcp_loop_set_spin(loop, -1), CRAFT_EINVAL);
+    ck_assert_int_eq(craft_tcp_loop_set_spin(loop, CRAFT_TCP_LOOP_SPIN_MAX_US + 1), CRAFT_EINVAL);
+    craft_tcp_options_t o;
+    opts_init(&o);
+    o.loop = loop;
+    server_t *s = server_new(&o, true);
+    craft_transport_t *c = client_new(&o);
+    craft_append_entries_resp_t resp;
+
+    /* Off (the default): nothing spins. */
+    for (int i = 0; i < 20; i++) {
+        ck_assert_int_eq(send_heartbeat(c, server_addr(s), 3, &resp), 0);
+    }
+    craft_tcp_loop_stats(loop, &st);
+    ck_assert_uint_eq(st.spins + st.spin_hits + st.sleeps, 0);
+
+    /* On: having answered, the loop polls (a fresh loop has no history
+     * telling it that spinning does not pay), and once traffic stops
+     * it goes to sleep. */
+    ck_assert_int_eq(craft_tcp_loop_set_spin(loop, 2000), 0);
+    for (int i = 0; i < 20; i++) {
+        ck_assert_int_eq(send_heartbeat(c, server_addr(s), 3, &resp), 0);
+        ck_assert_uint_eq(resp.term, 4);
+    }
+    craft_tcp_loop_stats(loop, &st);
+    ck_assert_uint_gt(st.spins, 0);
+    ck_assert_uint_le(st.spin_hits, st.spins);
+    for (int i = 0; i < 1000 && st.sleeps == 0; i++) {
+        tu_sleep_ms(10);
+        craft_tcp_loop_stats(loop, &st);
+    }
+    ck_assert_uint_gt(st.sleeps, 0);
+
+    /* Off again: once a round trip went through, no more spins. */
+    ck_assert_int_eq(craft_tcp_loop_set_spin(loop, 0), 0);
+    ck_assert_int_eq(send_heartbeat(c, server_addr(s), 3, &resp), 0);
+    craft_tcp_loop_stats_t before;
+    craft_tcp_loop_stats(loop, &before);
+    for (int i = 0; i < 20; i++) {
+        ck_assert_int_eq(send_heartbeat(c, server_addr(s), 3, &resp), 0);
+    }
+    craft_tcp_loop_stats(loop, &st);
+    ck_assert_uint_eq(st.spins, before.spins);
+    ck_assert_uint_eq(st.sleeps, before.sleeps);
+
+    /* A spinning loop stops when its last transport closes. */
+    ck_assert_int_eq(craft_tcp_loop_set_spin(loop, CRAFT_TCP_LOOP_SPIN_MAX_US), 0);
+    ck_assert_int_eq(send_heartbeat(c, server_addr(s), 3, &resp), 0);
+    craft_tcp_loop_free(loop);
+    c->close(c->ctx);
+    server_free(s);
+}
+END_TEST
+
 static Suite *tcp_suite(void)
 {
-    Suite *s = suite_create(shared_mode ? "tcp (shared loop)" : "tcp");
+    Suite *s = suite_create(!shared_mode      ? "tcp"
+                            : shared_spin_us ? "tcp (spinning shared loop)"
+                                             : "tcp (shared loop)");
     TCase *basic = tcase_create("rpc");
     tcase_set_timeout(basic, 120);
     tcase_add_test(basic, test_addresses_and_options);
@@ -1976,6 +2048,7 @@ static Suite *tcp_suite(void)
     tcase_set_timeout(shared, 120);
     tcase_add_test(shared, test_shared_loop_lifecycle);
     tcase_add_test(shared, test_shared_loop_pipelines_both_ways);
+    tcase_add_test(shared, test_loop_spin);
     suite_add_tcase(s, shared);
 
     TCase *all[] = {basic, pipe, snap, bad, life, shared};
@@ -1987,7 +2060,9 @@ static Suite *tcp_suite(void)
 
 int main(int argc, char **argv)
 {
-    shared_mode = argc > 1 && strcmp(argv[1], "shared-loop") == 0;
+    shared_mode = argc > 1 && (strcmp(argv[1], "shared-loop") == 0 ||
+                               strcmp(argv[1], "spinning-loop") == 0);
+    shared_spin_us = shared_mode && strcmp(argv[1], "spinning-loop") == 0 ? 200 : 0;
     SRunner *sr = srunner_create(tcp_suite());
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
