@@ -5,7 +5,7 @@
 #
 #   bench/compare.sh [-s SECONDS] [-w WARMUP] [-r REPEATS] [-c "1 16 64"]
 #                    [-p "64 1024"] [-m "durable inmem"] [-b BUILDDIR]
-#                    [-o RESULTS.jsonl] [-a] [-i] [-S US] [-L] [-C MS] [-D]
+#                    [-o RESULTS.jsonl] [-a] [-i] [-S US] [-L] [-P US] [-C MS] [-D]
 # -a: craft's clients are completion callbacks (craft-bench --async) instead
 #     of one OS thread each; hashicorp's are goroutines either way.
 # -i: craft applies committed entries on the committing thread
@@ -19,6 +19,12 @@
 #     as Go's three nodes share its network poller. The durable mode keeps a
 #     loop per node: a follower writes (and syncs) on its loop thread, and a
 #     shared loop would serialise the three nodes' disk writes.
+# -P US: in the inmem mode craft's three nodes run their TCP transports on
+#     min(nproc, 3) shared event-loop threads that poll for up to US
+#     microseconds when idle before sleeping (craft-bench --loops N
+#     --loop-spin-us US, craft_tcp_loop_set_spin): one network thread per
+#     core, as Go runs its poller on GOMAXPROCS threads that spin before
+#     parking. Replaces -L.
 # -C MS: both programs check for a snapshot every MS ms (--snapshot-ms:
 #     SnapshotInterval / snapshot_interval_ms, randomised MS..2MS; threshold
 #     8192 and trailing logs 10240 stay the libraries' defaults). Without it
@@ -43,7 +49,9 @@
 # median of the repeats of each cell.
 # Table: ops x = craft/hashicorp ops/s; p99 x = craft/hashicorp p99; rss x =
 # craft/hashicorp VmRSS (per node, same node count); anon x = the same for
-# RssAnon (private memory: no shared-library text, no bolt mmap); load = the
+# RssAnon (private memory: no shared-library text, no bolt mmap); cpu x =
+# craft/hashicorp CPU time (user + system, whole process) per operation
+# during the measured seconds; load = the
 # 1-minute load average after the two runs (other work on the machine skews
 # everything: look at it before trusting a cell).
 #
@@ -67,8 +75,9 @@ inline=""
 spin=""
 loop=""
 snap=""
+pspin=""
 link=static
-while getopts s:w:r:c:p:m:b:o:aiS:LC:D o; do
+while getopts s:w:r:c:p:m:b:o:aiS:LP:C:D o; do
     case $o in
     s) secs=$OPTARG ;;
     w) warm=$OPTARG ;;
@@ -82,11 +91,17 @@ while getopts s:w:r:c:p:m:b:o:aiS:LC:D o; do
     i) inline="--apply-inline" ;;
     S) spin="--wait-spin-us $OPTARG" ;;
     L) loop="--shared-loop" ;;
+    P) pspin=$OPTARG ;;
     C) snap="--snapshot-ms $OPTARG" ;;
     D) link=dynamic ;;
-    *) sed -n '2,52p' "$0" >&2; exit 2 ;;
+    *) sed -n '2,60p' "$0" >&2; exit 2 ;;
     esac
 done
+if [ -n "$pspin" ]; then
+    nloops=$(nproc)
+    [ "$nloops" -le 3 ] || nloops=3
+    loop="--loops $nloops --loop-spin-us $pspin"
+fi
 cflags="$async $inline $spin" # craft-bench's extra flags (+ $loop in inmem)
 [ -n "$out" ] || out=$(mktemp /tmp/compare-XXXXXX.jsonl)
 : >"$out"
@@ -112,7 +127,11 @@ echo "# $(date -u +%Y-%m-%dT%H:%M:%SZ) $(uname -r) nproc=$(nproc) $(go version |
 if [ -n "$async" ]; then kind="callbacks (--async)"; else kind="one thread each"; fi
 if [ -n "$inline" ]; then kind="$kind, apply_inline"; fi
 if [ -n "$spin" ]; then kind="$kind, wait_spin_us ${spin#--wait-spin-us }"; fi
-if [ -n "$loop" ]; then kind="$kind, shared loop (inmem)"; fi
+if [ -n "$pspin" ]; then
+    kind="$kind, $nloops shared loops spinning ${pspin} us (inmem)"
+elif [ -n "$loop" ]; then
+    kind="$kind, shared loop (inmem)"
+fi
 if [ -n "$snap" ]; then kind="$kind; both: snapshot interval ${snap#--snapshot-ms } ms"; fi
 echo "# craft $(git -C "$src" rev-parse --short HEAD 2>/dev/null || echo '?'), ${secs}s per cell, ${warm}s warm-up, $reps repeats, craft-bench linked $link, craft clients: $kind, results in $out"
 
@@ -214,10 +233,11 @@ function median(a, n,   i, j, t) {
     rs[impl, key, c] = r
     an[impl, key, c] = get($0, "rss_anon_kb") + 0
     la[impl, key, c] = get($0, "loadavg") + 0
+    cu[impl, key, c] = get($0, "cpu_us_per_op") + 0
 }
 END {
-    printf "%-8s %7s %7s | %10s %10s %7s | %9s %9s %7s | %6s %6s | %5s | %s\n", "mode", "clients", "payload",
-        "craft/s", "hashi/s", "ops x", "craft p99", "hashi p99", "p99 x", "rss x", "anon x", "load", "targets"
+    printf "%-8s %7s %7s | %10s %10s %7s | %9s %9s %7s | %6s %6s | %5s | %5s | %s\n", "mode", "clients", "payload",
+        "craft/s", "hashi/s", "ops x", "craft p99", "hashi p99", "p99 x", "rss x", "anon x", "cpu x", "load", "targets"
     allok = 1
     for (i = 1; i <= nk; i++) {
         k = order[i]; split(k, f, " ")
@@ -233,7 +253,9 @@ END {
         if (sx > worst) worst = sx
         can = cell(an, "craft", k); han = cell(an, "hashicorp", k)
         ax = han > 0 ? can / han : 0
-        printf "%-8s %7s %7s | %10.0f %10.0f %7.2f | %9d %9d %7.2f | %6.2f %6.2f | %5.1f | %s\n", f[1], f[2], f[3], co, ho, rx, cp, hp, px, sx, ax, (cell(la, "craft", k) + cell(la, "hashicorp", k)) / 2, t
+        ccu = cell(cu, "craft", k); hcu = cell(cu, "hashicorp", k)
+        ux = hcu > 0 ? ccu / hcu : 0
+        printf "%-8s %7s %7s | %10.0f %10.0f %7.2f | %9d %9d %7.2f | %6.2f %6.2f | %5.2f | %5.1f | %s\n", f[1], f[2], f[3], co, ho, rx, cp, hp, px, sx, ax, ux, (cell(la, "craft", k) + cell(la, "hashicorp", k)) / 2, t
     }
     for (x = 1; x <= ne["craft"]; x++) ce[x] = el["craft", x]
     for (x = 1; x <= ne["hashicorp"]; x++) he[x] = el["hashicorp", x]
