@@ -9,8 +9,8 @@
  *               [--max-inflight I] [--max-uncommitted U] [--dir DIR]
  *               [--progress-ms MS] [--no-election] [--stats] [--verbose]
  *               [--async] [--apply-inline] [--wait-spin-us US]
- *               [--shared-loop] [--loops N] [--snapshot-ms MS]
- *               [--snapshot-threshold N] [--trailing-logs N]
+ *               [--shared-loop] [--loops N] [--loop-spin-us US]
+ *               [--snapshot-ms MS] [--snapshot-threshold N] [--trailing-logs N]
  *
  * C client threads each keep K applies of P bytes outstanding against the
  * leader (closed loop; K = 1 by default: apply, wait, repeat). A client
@@ -31,7 +31,8 @@
  * are removed at exit. tcp binds 127.0.0.1 on free ports; with --loops N
  * the nodes' TCP transports run on N shared event-loop threads
  * (craft_tcp_loop_t; node i on loop i mod N) instead of one each;
- * --shared-loop is --loops 1.
+ * --shared-loop is --loops 1; --loop-spin-us US makes those loops poll for
+ * up to US microseconds when idle (craft_tcp_loop_set_spin).
  */
 #include <errno.h>
 #include <ftw.h>
