@@ -201,7 +201,6 @@ struct craft_tcp_loop {
     atomic_uint_fast64_t st_spins, st_spin_hits, st_sleeps;
 };
 
-
 /* Whether the calling thread is `t`'s loop thread. */
 bool craft__tcp_on_loop(const tcp_t *t);
 
@@ -245,7 +244,7 @@ struct tcp {
 };
 
 /* Counts traffic on `t`'s loop (on the loop thread): what a spinning loop
- * waits for (see loop_main). */
+ * waits for (see loop_spin in tcp.c). */
 static inline void craft__tcp_loop_traffic(tcp_t *t)
 {
     t->loop->traffic++;
