@@ -127,20 +127,6 @@ static int spin_slot_limit(void)
     return n;
 }
 
-static bool take_spin_slot(void)
-{
-    int limit = spin_slot_limit();
-    int n = atomic_load_explicit(&spinners, memory_order_relaxed);
-    while (n < limit) {
-        if (atomic_compare_exchange_weak_explicit(&spinners, &n, n + 1,
-                                                  memory_order_relaxed,
-                                                  memory_order_relaxed)) {
-            return true;
-        }
-    }
-    return false;
-}
-
 /* Folds one wait's duration into the average (1/8 weight; concurrent
  * updates may lose one another, which only delays the average). */
 static void note_wait(int64_t ns)
@@ -163,7 +149,7 @@ static bool spin(craft_future_t *f, int64_t deadline_ns)
     if (f->spin_ns <= 0 || end <= now ||
         atomic_load_explicit(&wait_avg_ns, memory_order_relaxed) >= f->spin_ns ||
         atomic_load_explicit(&waiters, memory_order_relaxed) > limit ||
-        !take_spin_slot()) {
+        !craft__slot_take(&spinners, limit)) {
         return false;
     }
     bool done = false;

@@ -104,6 +104,18 @@ int craft__cpu_count(void)
     return n >= 1 ? (int)n : 1;
 }
 
+bool craft__slot_take(atomic_int *used, int limit)
+{
+    int n = atomic_load_explicit(used, memory_order_relaxed);
+    while (n < limit) {
+        if (atomic_compare_exchange_weak_explicit(used, &n, n + 1, memory_order_relaxed,
+                                                  memory_order_relaxed)) {
+            return true;
+        }
+    }
+    return false;
+}
+
 void craft__cpu_relax(void)
 {
 #if defined(__x86_64__) || defined(__i386__)

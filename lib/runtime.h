@@ -7,6 +7,7 @@
 #define CRAFT_LIB_RUNTIME_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -39,6 +40,10 @@ bool craft__cond_wait_until(craft__cond_t *c, craft__mutex_t *m, int64_t deadlin
 int craft__cpu_count(void);
 /* A hint to the CPU inside a polling loop (x86 pause, arm yield). */
 void craft__cpu_relax(void);
+/* Takes one of `limit` slots counted in `used` (the spinning threads or
+ * loops of a process): true when one was free; give it back with
+ * atomic_fetch_sub(used, 1). */
+bool craft__slot_take(atomic_int *used, int limit);
 
 /* Monotonic clock, ns. */
 int64_t craft__now_ns(void);

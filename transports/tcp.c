@@ -167,21 +167,10 @@ static bool take_spin_cpu(void)
 {
     int limit = atomic_load_explicit(&spin_cpu_limit, memory_order_relaxed);
     if (limit == 0) {
-        cpu_set_t set;
-        long n = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set)
-                                                             : sysconf(_SC_NPROCESSORS_ONLN);
-        limit = n >= 1 ? (int)n : 1;
+        limit = craft__cpu_count();
         atomic_store_explicit(&spin_cpu_limit, limit, memory_order_relaxed);
     }
-    int n = atomic_load_explicit(&spinning_loops, memory_order_relaxed);
-    while (n < limit) {
-        if (atomic_compare_exchange_weak_explicit(&spinning_loops, &n, n + 1,
-                                                  memory_order_relaxed,
-                                                  memory_order_relaxed)) {
-            return true;
-        }
-    }
-    return false;
+    return craft__slot_take(&spinning_loops, limit);
 }
 
 static void note_gap(craft_tcp_loop_t *l, int64_t gap)

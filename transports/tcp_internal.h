@@ -82,6 +82,7 @@
 
 #include "lib/logger.h"
 #include "lib/queue.h"
+#include "lib/runtime.h"
 #include "transports/pipeline_queue.h"
 #include "transports/sync.h"
 #include "transports/tcp.h"
