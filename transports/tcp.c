@@ -226,6 +226,15 @@ static void loop_spin(craft_tcp_loop_t *l)
                 continue; /* stopped, or a new budget: look again */
             }
         }
+        /* A kick run by one of the passes above has had its loopbreak
+         * spent on that pass: the sleep would not see it. The kick's
+         * sender stored `stopping` or the budget before activating it, so
+         * looking at both here catches every kick already run; a later
+         * one is still queued and breaks the sleep. */
+        if (atomic_load(&l->stopping) ||
+            atomic_load_explicit(&l->spin_ns, memory_order_relaxed) != budget) {
+            continue;
+        }
         atomic_fetch_add_explicit(&l->st_sleeps, 1, memory_order_relaxed);
         event_base_loop(l->base, EVLOOP_ONCE | EVLOOP_NO_EXIT_ON_EMPTY);
         int64_t now = craft__tcp_now_ns();

@@ -1995,6 +1995,50 @@ START_TEST(test_loop_spin)
 }
 END_TEST
 
+/* craft_tcp_loop_free on a spinning loop returns: its kick may be run by
+ * the poll just before the loop would go to sleep (which then must not
+ * sleep). A budget of 1-2 us seldom spins, so nearly every wake-up is
+ * followed by that poll and then a sleep; each round closes a transport,
+ * which wakes the loop just before the free. Four threads make the rounds
+ * at once so that they also contend for the CPUs. Before loop_spin looked
+ * at `stopping` before sleeping, this hung in every run on a 2-CPU machine. */
+static void *free_while_polling_main(void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < 1000; i++) {
+        craft_tcp_loop_t *loop = NULL;
+        if (craft_tcp_loop_new(&loop) != 0 ||
+            craft_tcp_loop_set_spin(loop, (i % 2) + 1) != 0) {
+            return (void *)1;
+        }
+        craft_tcp_options_t o;
+        opts_init(&o);
+        o.loop = loop;
+        craft_transport_t *c = NULL;
+        if (craft_tcp_transport_new("127.0.0.1:0", NULL, &o, &c) != 0) {
+            craft_tcp_loop_free(loop);
+            return (void *)1;
+        }
+        c->close(c->ctx);
+        craft_tcp_loop_free(loop);
+    }
+    return NULL;
+}
+
+START_TEST(test_loop_spin_free_while_polling)
+{
+    pthread_t th[4];
+    for (int i = 0; i < 4; i++) {
+        ck_assert_int_eq(pthread_create(&th[i], NULL, free_while_polling_main, NULL), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        void *rv = NULL;
+        pthread_join(th[i], &rv);
+        ck_assert_ptr_null(rv);
+    }
+}
+END_TEST
+
 static Suite *tcp_suite(void)
 {
     Suite *s = suite_create(!shared_mode      ? "tcp"
@@ -2049,6 +2093,7 @@ static Suite *tcp_suite(void)
     tcase_add_test(shared, test_shared_loop_lifecycle);
     tcase_add_test(shared, test_shared_loop_pipelines_both_ways);
     tcase_add_test(shared, test_loop_spin);
+    tcase_add_test(shared, test_loop_spin_free_while_polling);
     suite_add_tcase(s, shared);
 
     TCase *all[] = {basic, pipe, snap, bad, life, shared};
