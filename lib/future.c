@@ -110,7 +110,6 @@ craft_future_t *craft__future_failed(int err)
  *    budget (a disk write, a slow network), spinning would only delay the
  *    sleep. */
 
-static atomic_int spin_slots;  /* 0 until first use */
 static atomic_int spinners;
 static atomic_int waiters;     /* threads in wait_locked on such futures */
 static _Atomic int64_t wait_avg_ns;
@@ -118,13 +117,8 @@ static atomic_uint_fast64_t spins, spin_hits;
 
 static int spin_slot_limit(void)
 {
-    int n = atomic_load_explicit(&spin_slots, memory_order_relaxed);
-    if (n == 0) {
-        int cpus = craft__cpu_count();
-        n = cpus >= 4 ? cpus / 2 : 1;
-        atomic_store_explicit(&spin_slots, n, memory_order_relaxed);
-    }
-    return n;
+    int cpus = craft__cpu_count();
+    return cpus >= 4 ? cpus / 2 : 1;
 }
 
 /* Folds one wait's duration into the average (1/8 weight; concurrent

@@ -98,10 +98,16 @@ bool craft__cond_wait_until(craft__cond_t *c, craft__mutex_t *m, int64_t deadlin
 
 int craft__cpu_count(void)
 {
-    cpu_set_t set;
-    long n = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set)
-                                                         : sysconf(_SC_NPROCESSORS_ONLN);
-    return n >= 1 ? (int)n : 1;
+    static atomic_int cached; /* 0 until first use */
+    int n = atomic_load_explicit(&cached, memory_order_relaxed);
+    if (n == 0) {
+        cpu_set_t set;
+        long c = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set)
+                                                             : sysconf(_SC_NPROCESSORS_ONLN);
+        n = c >= 1 ? (int)c : 1;
+        atomic_store_explicit(&cached, n, memory_order_relaxed);
+    }
+    return n;
 }
 
 bool craft__slot_take(atomic_int *used, int limit)

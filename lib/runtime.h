@@ -36,7 +36,8 @@ void craft__cond_wait(craft__cond_t *c, craft__mutex_t *m);
  * forever). Returns false on timeout. Spurious wake-ups are possible. */
 bool craft__cond_wait_until(craft__cond_t *c, craft__mutex_t *m, int64_t deadline_ns);
 
-/* Number of CPUs this process may run on (its affinity mask), >= 1. */
+/* Number of CPUs this process may run on (its affinity mask at the first
+ * call, kept for the life of the process), >= 1. */
 int craft__cpu_count(void);
 /* A hint to the CPU inside a polling loop (x86 pause, arm yield). */
 void craft__cpu_relax(void);

@@ -161,16 +161,10 @@ static void init_evthread(void)
  *  - while no more loops of the process spin than it has CPUs to run on. */
 
 static atomic_int spinning_loops;
-static atomic_int spin_cpu_limit; /* 0 until first use */
 
 static bool take_spin_cpu(void)
 {
-    int limit = atomic_load_explicit(&spin_cpu_limit, memory_order_relaxed);
-    if (limit == 0) {
-        limit = craft__cpu_count();
-        atomic_store_explicit(&spin_cpu_limit, limit, memory_order_relaxed);
-    }
-    return craft__slot_take(&spinning_loops, limit);
+    return craft__slot_take(&spinning_loops, craft__cpu_count());
 }
 
 static void note_gap(craft_tcp_loop_t *l, int64_t gap)
@@ -222,15 +216,13 @@ static void loop_spin(craft_tcp_loop_t *l)
                 idle_since = craft__tcp_now_ns();
                 continue;
             }
-            if (now - idle_since < budget) {
-                continue; /* stopped, or a new budget: look again */
-            }
         }
-        /* A kick run by one of the passes above has had its loopbreak
-         * spent on that pass: the sleep would not see it. The kick's
-         * sender stored `stopping` or the budget before activating it, so
-         * looking at both here catches every kick already run; a later
-         * one is still queued and breaks the sleep. */
+        /* Stopped or given a new budget: look again. A kick run by one of
+         * the passes above has had its loopbreak spent on that pass, so the
+         * sleep would not see it; its sender stored `stopping` or the
+         * budget before activating it, so looking at both here catches
+         * every kick already run, and a later one is still queued and
+         * breaks the sleep. */
         if (atomic_load(&l->stopping) ||
             atomic_load_explicit(&l->spin_ns, memory_order_relaxed) != budget) {
             continue;
