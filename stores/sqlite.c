@@ -17,8 +17,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* PRAGMA user_version of the schema below; bump with a migration. */
-#define SQ_SCHEMA_VERSION 1
+/* PRAGMA user_version of the schema below; bump with a migration
+ * (sq_migrate). 2 added logs.commit_idx. */
+#define SQ_SCHEMA_VERSION 2
 /* PRAGMA application_id: "crft". */
 #define SQ_APPLICATION_ID 0x63726674
 /* Give freed pages back to the file system only when at least this many are
@@ -45,7 +46,10 @@ static const char sq_schema[] =
     " data BLOB,"
     " ext BLOB,"
     " appended_at INTEGER NOT NULL,"
-    " crc INTEGER NOT NULL);"
+    " crc INTEGER NOT NULL,"
+    /* The commit index persisted with the batch this row ended (NULL on
+     * the other rows): one page per commit fewer than a meta row. */
+    " commit_idx INTEGER);"
     "CREATE TABLE stable (key TEXT PRIMARY KEY NOT NULL, val BLOB NOT NULL)"
     " WITHOUT ROWID;"
     "CREATE TABLE meta (key TEXT PRIMARY KEY NOT NULL, val INTEGER NOT NULL)"
@@ -56,6 +60,7 @@ enum {
     ST_COMMIT,
     ST_ROLLBACK,
     ST_LOG_PUT,
+    ST_LOG_COMMIT_GET,
     ST_LOG_GET,
     ST_LOG_RANGE,
     ST_LOG_DELETE,
@@ -76,8 +81,9 @@ static const char *const sq_stmt_sql[ST__N] = {
     [ST_COMMIT] = "COMMIT",
     [ST_ROLLBACK] = "ROLLBACK",
     [ST_LOG_PUT] = "INSERT OR REPLACE INTO logs"
-                   " (idx, term, type, data, ext, appended_at, crc)"
-                   " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                   " (idx, term, type, data, ext, appended_at, crc, commit_idx)"
+                   " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    [ST_LOG_COMMIT_GET] = "SELECT commit_idx FROM logs WHERE idx = ?",
     [ST_LOG_GET] = "SELECT term, type, data, ext, appended_at, crc"
                    " FROM logs WHERE idx = ?",
     /* Same columns as ST_LOG_GET, then idx. */
@@ -553,6 +559,11 @@ static int sq_store_logs(void *ctx, const craft_log_t *logs, size_t n)
     }
     uint64_t staged = d->staged_commit;
     bool has_staged = d->staged;
+    /* The commit index rides on the row that ends the log after this
+     * batch; a batch that does not end the log (none, or rewriting rows
+     * below the last) persists it in meta instead. */
+    uint64_t commit = has_staged && staged > d->commit_index ? staged : d->commit_index;
+    bool on_row = n > 0 && hi >= atomic_load(&d->last);
 
     if ((rc = sq_run(d, ST_BEGIN)) != SQLITE_OK) {
         goto err;
@@ -567,10 +578,15 @@ static int sq_store_logs(void *ctx, const craft_log_t *logs, size_t n)
         sq_bind_blob(s, 5, l->ext, l->ext_len);
         sqlite3_bind_int64(s, 6, l->appended_at_ns);
         sqlite3_bind_int64(s, 7, (int64_t)sq_entry_crc(l));
+        if (on_row && l->index == hi && commit > 0) {
+            sqlite3_bind_int64(s, 8, (int64_t)commit);
+        } else {
+            sqlite3_bind_null(s, 8);
+        }
         rc = sq_run(d, ST_LOG_PUT);
     }
-    if (rc == SQLITE_OK && has_staged) {
-        rc = sq_put_commit(d, staged);
+    if (rc == SQLITE_OK && has_staged && !on_row) {
+        rc = sq_put_commit(d, commit);
     }
     if (rc == SQLITE_OK) {
         rc = sq_run(d, ST_COMMIT);
@@ -589,7 +605,7 @@ static int sq_store_logs(void *ctx, const craft_log_t *logs, size_t n)
         }
     }
     if (has_staged) {
-        d->commit_index = staged;
+        d->commit_index = commit;
         d->staged = false;
     }
     goto out_unlock;
@@ -637,6 +653,11 @@ static int sq_delete_txn(sq_db_t *d, uint64_t min, uint64_t max, bool vacuum)
     }
     if (rc == SQLITE_OK && deleted) {
         rc = sq_bounds(d, &first, &last);
+    }
+    /* The row that carried the commit index is gone with the old last
+     * entry: meta carries it from now on. */
+    if (rc == SQLITE_OK && deleted && max >= atomic_load(&d->last) && d->commit_index > 0) {
+        rc = sq_put_commit(d, d->commit_index);
     }
     if (rc == SQLITE_OK) {
         rc = sq_run(d, ST_COMMIT);
@@ -990,8 +1011,34 @@ static int sq_create(sq_db_t *d)
     return 0;
 }
 
+/* Brings a database of an older schema version up to this one, in one
+ * transaction (a crash leaves the old version, migrated again next time).
+ * 1 -> 2: logs.commit_idx (the commit index then still sits in meta, which
+ * sq_load reads as well). */
+static int sq_migrate(sq_db_t *d, int64_t version)
+{
+    char *sql = sqlite3_mprintf("BEGIN IMMEDIATE;"
+                                " ALTER TABLE logs ADD COLUMN commit_idx INTEGER;"
+                                " PRAGMA user_version=%d; COMMIT;",
+                                SQ_SCHEMA_VERSION);
+    if (sql == NULL) {
+        return CRAFT_ENOMEM;
+    }
+    int rc = sqlite3_exec(d->db, sql, NULL, NULL, NULL);
+    sqlite3_free(sql);
+    if (rc != SQLITE_OK) {
+        int rv = sq_open_failed(d, rc, "migrate schema");
+        sqlite3_exec(d->db, "ROLLBACK", NULL, NULL, NULL);
+        return rv;
+    }
+    sq_log(d, CRAFT_LEVEL_INFO, "migrated database from schema %" PRId64 " to %d path=%s",
+           version, SQ_SCHEMA_VERSION, d->path);
+    return 0;
+}
+
 /* Recognises the file: an empty database is initialised, a craft database of
- * this schema version is accepted, anything else is refused untouched. */
+ * this or an older schema version is accepted (and migrated), anything else
+ * is refused untouched. */
 static int sq_identify(sq_db_t *d)
 {
     int64_t tables = 0, app = 0, version = 0;
@@ -1038,7 +1085,7 @@ static int sq_identify(sq_db_t *d)
                mode, d->path);
         return CRAFT_EIO;
     }
-    return 0;
+    return version < SQ_SCHEMA_VERSION ? sq_migrate(d, version) : 0;
 }
 
 static int sq_quick_check(sq_db_t *d)
@@ -1122,6 +1169,15 @@ static int sq_load(sq_db_t *d)
         sqlite3_stmt *s = d->st[ST_META_GET];
         sqlite3_bind_text(s, 1, sq_commit_key, -1, SQLITE_STATIC);
         rc = sq_int(d, ST_META_GET, &commit);
+    }
+    if (rc == SQLITE_OK && last > 0) {
+        /* The newer of meta's value and the last row's (NULL reads 0). */
+        int64_t on_row = 0;
+        sqlite3_bind_int64(d->st[ST_LOG_COMMIT_GET], 1, (int64_t)last);
+        rc = sq_int(d, ST_LOG_COMMIT_GET, &on_row);
+        if (on_row > commit || on_row < 0) {
+            commit = on_row;
+        }
     }
     if (rc != SQLITE_OK) {
         return sq_open_failed(d, rc, "load");

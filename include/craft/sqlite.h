@@ -2,10 +2,14 @@
  * Durable LogStore + StableStore in one sqlite3 database file.
  *
  * Layout: the log is a table of rows keyed by index (term, type, data,
- * extensions, appended_at, checksum), the stable keys live in a second table
- * and the persisted commit index in a third. The schema version is kept in
- * PRAGMA user_version and the file is marked as craft's with PRAGMA
- * application_id, so a foreign or newer file is refused, never overwritten.
+ * extensions, appended_at, checksum, and on the row that ended a batch the
+ * commit index persisted with it), the stable keys live in a second table
+ * and a third holds the commit index when no row carries it (after the row
+ * that did was deleted, or a batch that did not end the log). The schema
+ * version (2) is kept in PRAGMA user_version and the file is marked as
+ * craft's with PRAGMA application_id, so a foreign or newer file is refused,
+ * never overwritten; a schema-1 file is migrated in place at open (one
+ * transaction adding the column).
  *
  * Durability: the database runs in WAL mode. With CRAFT_SQLITE_DURABILITY_FULL
  * (the default) every store_logs, set and suffix delete_range is fsynced
@@ -79,7 +83,8 @@ void craft_sqlite_options_default(craft_sqlite_options_t *o);
  * with their own `close` (each exactly once); the file is closed when both
  * are. The log store offers the commit-tracking extension: the index given to
  * stage_commit_index is written in the same transaction as the next
- * store_logs batch (at once if that batch is empty).
+ * store_logs batch (at once if that batch is empty); a lower value than the
+ * one persisted is ignored (a commit index never goes back).
  *
  * Log indexes must be in 1..INT64_MAX (CRAFT_EINVAL otherwise). Entries are
  * stored with INSERT OR REPLACE: storing an existing index overwrites it.

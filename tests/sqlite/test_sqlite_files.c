@@ -221,8 +221,8 @@ END_TEST
 START_TEST(test_newer_schema)
 {
     make_db(3);
-    sql("PRAGMA user_version=2;");
-    expect_refused("schema version 2 is newer");
+    sql("PRAGMA user_version=3;");
+    expect_refused("schema version 3 is newer");
 }
 END_TEST
 
@@ -622,6 +622,122 @@ START_TEST(test_commit_index_empty_batch)
 }
 END_TEST
 
+static uint64_t reopened_commit(void)
+{
+    craft_log_store_t *l;
+    craft_stable_store_t *s;
+    ck_assert_int_eq(open_store(&l, &s), 0);
+    uint64_t c = UINT64_MAX;
+    ck_assert_int_eq(l->get_commit_index(l->ctx, &c), 0);
+    close_both(l, s);
+    return c;
+}
+
+static void store_range(craft_log_store_t *l, uint64_t lo, uint64_t hi, uint64_t term)
+{
+    char buf[256];
+    for (uint64_t i = lo; i <= hi; i++) {
+        size_t len = entry_data(i, buf, sizeof buf);
+        craft_log_t e = {.index = i, .term = term, .data = buf, .len = len};
+        ck_assert_int_eq(l->store_logs(l->ctx, &e, 1), 0);
+    }
+}
+
+static int64_t db_int(const char *query)
+{
+    sqlite3 *db;
+    sqlite3_stmt *st;
+    ck_assert_int_eq(sqlite3_open(path, &db), SQLITE_OK);
+    ck_assert_int_eq(sqlite3_prepare_v2(db, query, -1, &st, NULL), SQLITE_OK);
+    ck_assert_int_eq(sqlite3_step(st), SQLITE_ROW);
+    int64_t v = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    ck_assert_int_eq(sqlite3_close(db), SQLITE_OK);
+    return v;
+}
+
+/* The commit index rides on the row that ends the log; whatever removes
+ * that row (a suffix truncation, deleting everything) or writes no row at
+ * the end moves it to meta. Reopening always finds the newest value. */
+START_TEST(test_commit_index_follows_the_last_row)
+{
+    craft_log_store_t *l;
+    craft_stable_store_t *s;
+    ck_assert_int_eq(open_store(&l, &s), 0);
+    store_range(l, 1, 10, 1);
+    ck_assert_int_eq(l->stage_commit_index(l->ctx, 7), 0);
+    store_range(l, 11, 11, 1);
+    close_both(l, s);
+    ck_assert_uint_eq(reopened_commit(), 7);
+    /* On the row, not in meta. */
+    ck_assert_int_eq(db_int("SELECT commit_idx FROM logs WHERE idx = 11"), 7);
+    ck_assert_int_eq(db_int("SELECT count(*) FROM meta WHERE key = 'commit_index'"), 0);
+
+    /* A conflicting suffix goes: the value survives in meta. */
+    ck_assert_int_eq(open_store(&l, &s), 0);
+    ck_assert_int_eq(l->delete_range(l->ctx, 9, 11), 0);
+    close_both(l, s);
+    ck_assert_uint_eq(reopened_commit(), 7);
+
+    /* A rewrite below the end persists in meta; a later batch at the end
+     * carries the newest value on its row. */
+    ck_assert_int_eq(open_store(&l, &s), 0);
+    ck_assert_int_eq(l->stage_commit_index(l->ctx, 8), 0);
+    store_range(l, 5, 5, 1);
+    close_both(l, s);
+    ck_assert_uint_eq(reopened_commit(), 8);
+    ck_assert_int_eq(open_store(&l, &s), 0);
+    ck_assert_int_eq(l->stage_commit_index(l->ctx, 9), 0);
+    store_range(l, 9, 12, 2);
+    close_both(l, s);
+    ck_assert_uint_eq(reopened_commit(), 9);
+    ck_assert_int_eq(db_int("SELECT commit_idx FROM logs WHERE idx = 12"), 9);
+
+    /* Everything deleted (behind a snapshot): still there. */
+    ck_assert_int_eq(open_store(&l, &s), 0);
+    ck_assert_int_eq(l->delete_range(l->ctx, 1, 12), 0);
+    close_both(l, s);
+    ck_assert_uint_eq(reopened_commit(), 9);
+
+    /* Never goes back: a lower staged value keeps the higher one. */
+    ck_assert_int_eq(open_store(&l, &s), 0);
+    ck_assert_int_eq(l->stage_commit_index(l->ctx, 4), 0);
+    store_range(l, 13, 13, 2);
+    close_both(l, s);
+    ck_assert_uint_eq(reopened_commit(), 9);
+}
+END_TEST
+
+/* A schema-1 database (commit index in meta, no commit_idx column) opens,
+ * is migrated in place, and keeps its entries and commit index. */
+START_TEST(test_migrates_schema_1)
+{
+    make_db(5);
+    sql("ALTER TABLE logs DROP COLUMN commit_idx;"
+        " INSERT OR REPLACE INTO meta (key, val) VALUES ('commit_index', 4);"
+        " PRAGMA user_version=1;");
+    craft_log_store_t *l;
+    craft_stable_store_t *s;
+    ck_assert_int_eq(open_store(&l, &s), 0);
+    ck_assert(logged_contains("migrated database from schema 1 to 2"));
+    uint64_t c = 0, last = 0;
+    ck_assert_int_eq(l->get_commit_index(l->ctx, &c), 0);
+    ck_assert_uint_eq(c, 4);
+    ck_assert_int_eq(l->last_index(l->ctx, &last), 0);
+    ck_assert_uint_eq(last, 5);
+    craft_log_t e;
+    memset(&e, 0, sizeof e);
+    ck_assert_int_eq(l->get_log(l->ctx, 3, &e), 0);
+    ck_assert_uint_eq(e.term, 1);
+    craft_log_release(&e);
+    ck_assert_int_eq(l->stage_commit_index(l->ctx, 5), 0);
+    store_range(l, 6, 6, 1);
+    close_both(l, s);
+    ck_assert_int_eq(db_int("PRAGMA user_version"), 2);
+    ck_assert_uint_eq(reopened_commit(), 5);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("sqlite files");
@@ -659,6 +775,8 @@ int main(void)
     tcase_add_test(ok, test_index_range);
     tcase_add_test(ok, test_uint64_wrong_size);
     tcase_add_test(ok, test_commit_index_empty_batch);
+    tcase_add_test(ok, test_commit_index_follows_the_last_row);
+    tcase_add_test(ok, test_migrates_schema_1);
     suite_add_tcase(s, ok);
 
     SRunner *sr = srunner_create(s);
