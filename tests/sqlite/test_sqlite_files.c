@@ -656,55 +656,53 @@ static int64_t db_int(const char *query)
     return v;
 }
 
+/* One session on the file: stages `stage` (0 = none), stores lo..hi, and
+ * returns the commit index a fresh open then reads. */
+static uint64_t stage_store_reopen(uint64_t stage, uint64_t lo, uint64_t hi, uint64_t term)
+{
+    craft_log_store_t *l;
+    craft_stable_store_t *s;
+    ck_assert_int_eq(open_store(&l, &s), 0);
+    if (stage > 0) {
+        ck_assert_int_eq(l->stage_commit_index(l->ctx, stage), 0);
+    }
+    store_range(l, lo, hi, term);
+    close_both(l, s);
+    return reopened_commit();
+}
+
+/* The same with delete_range(lo, hi). */
+static uint64_t delete_reopen(uint64_t lo, uint64_t hi)
+{
+    craft_log_store_t *l;
+    craft_stable_store_t *s;
+    ck_assert_int_eq(open_store(&l, &s), 0);
+    ck_assert_int_eq(l->delete_range(l->ctx, lo, hi), 0);
+    close_both(l, s);
+    return reopened_commit();
+}
+
 /* The commit index rides on the row that ends the log; whatever removes
  * that row (a suffix truncation, deleting everything) or writes no row at
  * the end moves it to meta. Reopening always finds the newest value. */
 START_TEST(test_commit_index_follows_the_last_row)
 {
-    craft_log_store_t *l;
-    craft_stable_store_t *s;
-    ck_assert_int_eq(open_store(&l, &s), 0);
-    store_range(l, 1, 10, 1);
-    ck_assert_int_eq(l->stage_commit_index(l->ctx, 7), 0);
-    store_range(l, 11, 11, 1);
-    close_both(l, s);
-    ck_assert_uint_eq(reopened_commit(), 7);
+    ck_assert_uint_eq(stage_store_reopen(0, 1, 10, 1), 0);
+    ck_assert_uint_eq(stage_store_reopen(7, 11, 11, 1), 7);
     /* On the row, not in meta. */
     ck_assert_int_eq(db_int("SELECT commit_idx FROM logs WHERE idx = 11"), 7);
     ck_assert_int_eq(db_int("SELECT count(*) FROM meta WHERE key = 'commit_index'"), 0);
-
     /* A conflicting suffix goes: the value survives in meta. */
-    ck_assert_int_eq(open_store(&l, &s), 0);
-    ck_assert_int_eq(l->delete_range(l->ctx, 9, 11), 0);
-    close_both(l, s);
-    ck_assert_uint_eq(reopened_commit(), 7);
-
+    ck_assert_uint_eq(delete_reopen(9, 11), 7);
     /* A rewrite below the end persists in meta; a later batch at the end
      * carries the newest value on its row. */
-    ck_assert_int_eq(open_store(&l, &s), 0);
-    ck_assert_int_eq(l->stage_commit_index(l->ctx, 8), 0);
-    store_range(l, 5, 5, 1);
-    close_both(l, s);
-    ck_assert_uint_eq(reopened_commit(), 8);
-    ck_assert_int_eq(open_store(&l, &s), 0);
-    ck_assert_int_eq(l->stage_commit_index(l->ctx, 9), 0);
-    store_range(l, 9, 12, 2);
-    close_both(l, s);
-    ck_assert_uint_eq(reopened_commit(), 9);
+    ck_assert_uint_eq(stage_store_reopen(8, 5, 5, 1), 8);
+    ck_assert_uint_eq(stage_store_reopen(9, 9, 12, 2), 9);
     ck_assert_int_eq(db_int("SELECT commit_idx FROM logs WHERE idx = 12"), 9);
-
     /* Everything deleted (behind a snapshot): still there. */
-    ck_assert_int_eq(open_store(&l, &s), 0);
-    ck_assert_int_eq(l->delete_range(l->ctx, 1, 12), 0);
-    close_both(l, s);
-    ck_assert_uint_eq(reopened_commit(), 9);
-
+    ck_assert_uint_eq(delete_reopen(1, 12), 9);
     /* Never goes back: a lower staged value keeps the higher one. */
-    ck_assert_int_eq(open_store(&l, &s), 0);
-    ck_assert_int_eq(l->stage_commit_index(l->ctx, 4), 0);
-    store_range(l, 13, 13, 2);
-    close_both(l, s);
-    ck_assert_uint_eq(reopened_commit(), 9);
+    ck_assert_uint_eq(stage_store_reopen(4, 13, 13, 2), 9);
 }
 END_TEST
 
